@@ -1,0 +1,61 @@
+"""specdec: exact speculative decoding for Hugging Face causal LMs.
+
+    import specdec
+    spec = specdec.wrap(target, draft)            # models or hub ids / local paths
+    out = spec.generate(input_ids, max_new_tokens=128)
+    print(spec.stats.summary())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from specdec.config import STRATEGIES, SpecConfig
+from specdec.generate import SpeculativeModel
+from specdec.models.loading import load_causal_lm
+from specdec.stats import GenerationStats
+from specdec.vocab import VocabularyMismatchError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STRATEGIES",
+    "GenerationStats",
+    "SpecConfig",
+    "SpeculativeModel",
+    "VocabularyMismatchError",
+    "wrap",
+]
+
+
+def wrap(
+    target: PreTrainedModel | str,
+    draft: PreTrainedModel | str | None = None,
+    strategy: str = "chain",
+    num_draft_tokens: int | None = None,
+    *,
+    tokenizer=None,
+    draft_tokenizer=None,
+    dtype: torch.dtype | str | None = None,
+    device_map: Any = None,
+    max_draft_tokens: int = 8,
+    trust_remote_code: bool = False,
+) -> SpeculativeModel:
+    """Wrap a target causal LM and a draft into a `SpeculativeModel`.
+
+    target / draft: transformers causal-LM objects, or hub ids / local paths loaded with
+    `AutoModelForCausalLM.from_pretrained(..., dtype=dtype, device_map=device_map)`.
+    strategy: "chain" (draft model) or "prompt-lookup" (n-gram matches, draft=None).
+    num_draft_tokens: fixed k, or None to adapt k every step (up to max_draft_tokens).
+    tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
+    found next to the models when they were loaded from a local folder.
+    """
+    config = SpecConfig(strategy=strategy, num_draft_tokens=num_draft_tokens, max_draft_tokens=max_draft_tokens)
+    target_model = load_causal_lm(target, "target", dtype, device_map, trust_remote_code)
+    draft_model = None
+    if draft is not None:
+        draft_model = load_causal_lm(draft, "draft", dtype, device_map, trust_remote_code)
+    return SpeculativeModel(target_model, draft_model, config, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer)

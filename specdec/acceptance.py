@@ -1,0 +1,74 @@
+"""Acceptance rules as pure functions: no model, no cache, testable with hand-made distributions (L2).
+
+Notation: `p` target distribution, `q` draft distribution (both after the same processors), `k` draft
+length. A step keeps `n` drafted tokens (0 <= n <= k) and appends one token from the target: the
+correction token after a rejection, or the bonus token when all k drafts were accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specdec.sampling import residual, sample
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Result of one verification: the first `num_accepted` drafts are kept, then `next_token`."""
+
+    num_accepted: int
+    next_token: int
+
+
+def accept_greedy_chain(draft_tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
+    """Greedy rule: the longest prefix equal to the target's argmax, plus the target's next token.
+
+    draft_tokens: [k]; target_scores: [k + 1, V] processed target scores at each drafted position.
+    """
+    target_choice = target_scores.argmax(dim=-1)  # [k + 1]
+    k = draft_tokens.shape[0]
+    matches = (draft_tokens.to(target_choice.device) == target_choice[:k]).long()  # [k]
+    n = int(matches.cumprod(dim=0).sum().item()) if k else 0
+    return Accepted(n, int(target_choice[n].item()))
+
+
+def accept_stochastic_chain(
+    draft_tokens: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> Accepted:
+    """Exact speculative sampling (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023).
+
+    draft_tokens: [k] with x_i ~ q_i; p: [k + 1, V] target probabilities; q: [k, V] draft
+    probabilities, or None when the drafts came from a deterministic source (q_i is one-hot on x_i).
+
+    1. accept x_i with probability min(1, p_i(x_i) / q_i(x_i)), stopping at the first rejection;
+    2. after a rejection at position n, draw the correction token from norm(max(p_n - q_n, 0));
+    3. if all k were accepted, draw the bonus token from p_k.
+    The kept tokens are then distributed exactly as p (the output distribution of the target).
+    """
+    k = draft_tokens.shape[0]
+    device = p.device
+    if k == 0:
+        return Accepted(0, int(sample(p[0], generator).item()))
+    drafts = draft_tokens.to(device)
+    p_draft = p[:k].gather(1, drafts[:, None]).squeeze(1)  # [k]
+    if q is None:
+        q_rows = torch.nn.functional.one_hot(drafts, p.shape[-1]).to(p.dtype)  # [k, V]
+    else:
+        q_rows = q.to(device=device, dtype=p.dtype)
+    q_draft = q_rows.gather(1, drafts[:, None]).squeeze(1)  # [k]
+    # Step 1: u < p/q, written as u * q < p so q == 0 never divides (x ~ q means q(x) > 0 anyway).
+    u = torch.rand(k, generator=generator, device=device, dtype=p.dtype)  # [k]
+    accepted = (u * q_draft < p_draft).long()  # [k]
+    n = int(accepted.cumprod(dim=0).sum().item())
+    if n < k:
+        # Step 2: correction token from the residual.
+        token = sample(residual(p[n], q_rows[n]), generator)
+    else:
+        # Step 3: bonus token.
+        token = sample(p[k], generator)
+    return Accepted(n, int(token.item()))

@@ -1,0 +1,85 @@
+"""Choosing the draft length k each step from measured acceptance and costs (layer L1).
+
+Leviathan et al. (2023), section 3: with per-token acceptance rate alpha, a step that drafts k tokens
+commits E(k) = (1 - alpha^(k+1)) / (1 - alpha) tokens on average and costs k * c_draft + c_verify(k).
+The controller picks the k in [1, max_k] that maximises E(k) / cost(k), where alpha and the costs are
+running estimates from this generation (exponentially decayed so they follow the text).
+"""
+
+from __future__ import annotations
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """E(k): mean tokens committed by a step that drafts k tokens, including the target's token."""
+    if alpha >= 1.0:
+        return float(k + 1)
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+class DraftLengthController:
+    """Fixed k when `fixed_k` is set; otherwise the k with the best expected tokens per second."""
+
+    def __init__(
+        self,
+        max_k: int,
+        fixed_k: int | None = None,
+        initial_k: int = 4,
+        prior_alpha: float = 0.6,
+        prior_weight: float = 2.0,
+        decay: float = 0.9,
+    ) -> None:
+        self.max_k = max_k
+        self.fixed_k = fixed_k
+        self.initial_k = min(initial_k, max_k)
+        self.decay = decay
+        self._accepted = prior_alpha * prior_weight  # decayed count of accepted draft tokens
+        self._trials = prior_weight  # decayed count of drafted tokens that were judged
+        self._draft_cost: float | None = None  # seconds per drafted token
+        self._verify_cost: dict[int, float] = {}  # tokens verified -> seconds per pass
+
+    @property
+    def alpha(self) -> float:
+        return self._accepted / self._trials
+
+    def choose(self) -> int:
+        if self.fixed_k is not None:
+            return self.fixed_k
+        if not self._verify_cost:
+            return self.initial_k
+        alpha = min(self.alpha, 0.999)
+        draft_cost = self._draft_cost or 0.0
+        best_k, best_rate = 1, -1.0
+        for k in range(1, self.max_k + 1):
+            cost = k * draft_cost + self._predicted_verify_cost(k + 1)
+            rate = expected_tokens(alpha, k) / max(cost, 1e-9)
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        return best_k
+
+    def _predicted_verify_cost(self, num_tokens: int) -> float:
+        """Measured cost of verifying this many tokens, or of the nearest size measured."""
+        if num_tokens in self._verify_cost:
+            return self._verify_cost[num_tokens]
+        nearest = min(self._verify_cost, key=lambda n: (abs(n - num_tokens), n))
+        return self._verify_cost[nearest]
+
+    def observe(
+        self,
+        num_drafted: int,
+        num_accepted: int,
+        draft_time: float | None,
+        verify_time: float | None,
+    ) -> None:
+        """Update estimates after a step; times are None when they should not count (prefill)."""
+        if num_drafted == 0:
+            return
+        trials = num_accepted + (1 if num_accepted < num_drafted else 0)
+        self._accepted = self._accepted * self.decay + num_accepted
+        self._trials = self._trials * self.decay + trials
+        if draft_time is not None:
+            per_token = draft_time / num_drafted
+            self._draft_cost = per_token if self._draft_cost is None else 0.7 * self._draft_cost + 0.3 * per_token
+        if verify_time is not None:
+            size = num_drafted + 1
+            old = self._verify_cost.get(size)
+            self._verify_cost[size] = verify_time if old is None else 0.7 * old + 0.3 * verify_time

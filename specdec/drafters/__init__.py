@@ -1,0 +1,7 @@
+"""Drafters: sources of candidate tokens behind one protocol (layer L4)."""
+
+from specdec.drafters.base import Draft, Drafter
+from specdec.drafters.model import ModelDrafter
+from specdec.drafters.prompt_lookup import PromptLookupDrafter
+
+__all__ = ["Draft", "Drafter", "ModelDrafter", "PromptLookupDrafter"]

@@ -1,0 +1,56 @@
+"""Prompt lookup: copy the continuation of the latest earlier match of the last n tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from specdec.drafters.base import Draft
+from specdec.sampling import LogitsPipeline
+
+
+def find_continuation(sequence: torch.Tensor, k: int, max_ngram: int, min_ngram: int) -> torch.Tensor:
+    """Tokens that followed the most recent earlier occurrence of the sequence's last n tokens.
+
+    sequence: [N] long. Tries n = max_ngram down to min_ngram and returns up to k tokens ([<= k]);
+    empty when nothing matches.
+    """
+    length = sequence.shape[0]
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        pattern = sequence[-n:]  # [n]
+        windows = sequence[:-1].unfold(0, n, 1)  # [N - n, n]; excludes the suffix itself
+        hits = (windows == pattern).all(dim=1).nonzero().flatten()  # [h]
+        if hits.numel():
+            start = int(hits[-1].item()) + n
+            return sequence[start : start + k]
+    return sequence.new_empty(0)
+
+
+class PromptLookupDrafter:
+    """Deterministic drafts from n-gram matches in the prompt and generated text (no draft model).
+
+    Its q is one-hot on each proposed token; the exact sampling rule then accepts a token x with
+    probability p(x) and, after a rejection, draws from p with x removed and renormalised.
+    """
+
+    name = "prompt-lookup"
+    uses_model = False
+    context_length = None
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+
+    def begin(self) -> None:
+        """Stateless."""
+
+    def propose(
+        self,
+        sequence: torch.Tensor,
+        k: int,
+        pipeline: LogitsPipeline,
+        generator: torch.Generator | None,
+    ) -> Draft:
+        return Draft(find_continuation(sequence[0], k, self.max_ngram, self.min_ngram), None)
+
+    def observe(self, valid_length: int) -> None:
+        """Stateless."""

@@ -1,0 +1,1 @@
+"""Model runners and loading (layer L3)."""

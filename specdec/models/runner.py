@@ -1,0 +1,91 @@
+"""Runs a transformers causal LM incrementally over its own KV cache (layer L3).
+
+The runner owns one cache per model. `extend(tokens)` appends tokens at the next positions and returns
+logits for the last positions; `truncate(n)` rolls the cache back to n positions. The model's own
+weights and modeling code are used unchanged (no fork), so accelerate device maps keep working.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import PreTrainedModel
+
+from specdec.cache import cache_length, new_cache, truncate_cache
+
+
+def _cache_keyword(model: PreTrainedModel) -> str:
+    """`cache` in transformers >= 5.2x, `past_key_values` before (deprecated after)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    """Device where the model's inputs go (the embedding's device under an accelerate device map)."""
+    embeddings = model.get_input_embeddings()
+    weight = getattr(embeddings, "weight", None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    return model.device
+
+
+def vocab_size(model: PreTrainedModel) -> int:
+    """Width of the model's logits."""
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """Largest number of positions the model supports, when its config says."""
+    config = model.config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class CausalRunner:
+    """Incremental forward passes of one causal LM over its KV cache."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.device = model_device(model)
+        self.vocab_size = vocab_size(model)
+        self.context_length = context_length(model)
+        self._cache_kw = _cache_keyword(model)
+        self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.cache = new_cache()
+
+    @property
+    def length(self) -> int:
+        """Positions held in the cache."""
+        return cache_length(self.cache)
+
+    def reset(self) -> None:
+        self.cache = new_cache()
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, num_logits: int = 1) -> torch.Tensor:
+        """Append tokens at the next positions; return logits of the last `num_logits` of them.
+
+        tokens: [n] long -> [num_logits, V] logits (model dtype, model device), where row i scores the
+        position after tokens[: n - num_logits + i + 1].
+        """
+        n = tokens.shape[0]
+        if n == 0 or not 1 <= num_logits <= n:
+            raise ValueError(f"extend needs 1 <= num_logits <= len(tokens), got {num_logits} and {n}")
+        start = self.length
+        positions = torch.arange(start, start + n, device=self.device)[None]  # [1, n]
+        kwargs = {self._cache_kw: self.cache}
+        if self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = num_logits
+        out = self.model(input_ids=tokens.to(self.device)[None], position_ids=positions, use_cache=True, **kwargs)
+        return out.logits[0, -num_logits:]  # [num_logits, V]
+
+    def truncate(self, length: int) -> None:
+        """Roll back to the first `length` positions."""
+        truncate_cache(self.cache, length)

@@ -1,0 +1,118 @@
+"""Logits -> probabilities through the generation's logits processors; sampling; residuals (layer L1).
+
+Every distribution that speculative decoding compares (target `p`, draft `q`) goes through the same
+processors that transformers' own `generate()` would apply at that position, with that position's own
+preceding tokens, and is compared in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+from transformers.generation.logits_process import (
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+
+class LogitsPipeline:
+    """Applies transformers' logits processors (and, when sampling, warpers) per position.
+
+    The order follows transformers' `generate()`: processors (repetition penalty, n-gram ban, bad
+    words, minimum length, suppressed tokens, user processors), then warpers (temperature, top-k,
+    top-p, min-p, typical-p) only when sampling.
+    """
+
+    def __init__(
+        self,
+        config: GenerationConfig,
+        prompt_length: int,
+        eos_token_ids: list[int],
+        user_processors: LogitsProcessorList | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.do_sample = bool(config.do_sample)
+        processors = LogitsProcessorList()
+        if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if config.no_repeat_ngram_size:
+            processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        if config.bad_words_ids is not None:
+            processors.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos_token_ids or None))
+        if eos_token_ids and config.min_length:
+            processors.append(MinLengthLogitsProcessor(config.min_length, eos_token_ids, device=device))
+        if eos_token_ids and config.min_new_tokens:
+            processors.append(
+                MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos_token_ids, device=device)
+            )
+        if config.suppress_tokens is not None:
+            processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
+        if user_processors:
+            processors.extend(user_processors)
+        if self.do_sample:
+            if config.temperature is not None and config.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k is not None and config.top_k != 0:
+                processors.append(TopKLogitsWarper(top_k=config.top_k))
+            if config.top_p is not None and config.top_p < 1.0:
+                processors.append(TopPLogitsWarper(top_p=config.top_p))
+            if config.min_p is not None:
+                processors.append(MinPLogitsWarper(min_p=config.min_p))
+            if config.typical_p is not None and config.typical_p < 1.0:
+                processors.append(TypicalLogitsWarper(mass=config.typical_p))
+        self.processors = processors
+
+    def scores(self, context: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Processed scores of one position.
+
+        context: [1, n] the tokens before this position; logits: [1, V] raw logits -> [1, V] float32.
+        """
+        scores = logits.float()
+        if self.processors:
+            scores = self.processors(context, scores)
+        return scores
+
+    def scores_along(self, context: torch.Tensor, block: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Processed scores for a block of consecutive positions.
+
+        context: [1, n] committed tokens; block: [m] tokens appended after them; logits: [m + 1, V]
+        where row i scores the position after context + block[:i] -> [m + 1, V] float32.
+        """
+        if not self.processors:
+            return logits.float()
+        rows = []
+        for i in range(logits.shape[0]):
+            ctx = torch.cat([context, block[:i].view(1, -1).to(context.device)], dim=1)  # [1, n + i]
+            rows.append(self.scores(ctx, logits[i : i + 1]))
+        return torch.cat(rows, dim=0)
+
+
+def probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax in float32 over the last dim; -inf scores get probability 0."""
+    return torch.softmax(scores.float(), dim=-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row. probs: [..., V] -> [...] long."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(p - q, 0)) over the last dim.
+
+    Where p == q up to rounding the residual has no mass; rejection then has probability zero, so
+    any distribution is correct there and p is returned to keep the result well defined.
+    """
+    r = (p - q).clamp_min(0.0)
+    mass = r.sum(dim=-1, keepdim=True)
+    return torch.where(mass > 0, r / mass.clamp_min(torch.finfo(r.dtype).tiny), p)

@@ -1,0 +1,110 @@
+"""Statistics of one generate() call: passes, acceptance per draft position, tau, time split (L1)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationStats:
+    """Counters of the last `generate()` call.
+
+    tau = new_tokens / target_passes: mean tokens committed per target forward pass.
+    acceptance_per_position[i]: fraction of steps that drafted a token at position i and kept it.
+    Times are wall-clock seconds; `rest_time` is everything outside drafting and verification.
+    """
+
+    target_passes: int = 0
+    new_tokens: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    drafted_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+    draft_lengths: list[int] = field(default_factory=list)
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    total_time: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        return self.new_tokens / self.target_passes if self.target_passes else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def acceptance_per_position(self) -> list[float]:
+        return [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at, strict=True)]
+
+    @property
+    def rest_time(self) -> float:
+        return max(self.total_time - self.draft_time - self.verify_time, 0.0)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.total_time if self.total_time > 0 else 0.0
+
+    def record_step(self, num_drafted: int, num_accepted: int, num_committed: int) -> None:
+        """One target pass that verified `num_drafted` drafts, kept `num_accepted`, committed tokens."""
+        self.target_passes += 1
+        self.new_tokens += num_committed
+        self.drafted_tokens += num_drafted
+        self.accepted_tokens += num_accepted
+        self.draft_lengths.append(num_drafted)
+        while len(self.drafted_at) < num_drafted:
+            self.drafted_at.append(0)
+            self.accepted_at.append(0)
+        for i in range(num_drafted):
+            self.drafted_at[i] += 1
+            if i < num_accepted:
+                self.accepted_at[i] += 1
+
+    def as_dict(self) -> dict:
+        return {
+            "target_passes": self.target_passes,
+            "new_tokens": self.new_tokens,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "tau": self.tau,
+            "acceptance_rate": self.acceptance_rate,
+            "acceptance_per_position": self.acceptance_per_position,
+            "draft_time_s": self.draft_time,
+            "verify_time_s": self.verify_time,
+            "rest_time_s": self.rest_time,
+            "total_time_s": self.total_time,
+            "tokens_per_second": self.tokens_per_second,
+        }
+
+    def summary(self) -> str:
+        per_pos = " ".join(f"{a:.2f}" for a in self.acceptance_per_position)
+        return (
+            f"{self.new_tokens} tokens in {self.target_passes} target passes (tau {self.tau:.2f}), "
+            f"accepted {self.accepted_tokens}/{self.drafted_tokens} drafts; per position [{per_pos}]; "
+            f"time draft {self.draft_time:.3f}s verify {self.verify_time:.3f}s rest {self.rest_time:.3f}s"
+        )
+
+
+class Stopwatch:
+    """Accumulates wall time of labelled sections into a GenerationStats."""
+
+    def __init__(self, stats: GenerationStats) -> None:
+        self.stats = stats
+
+    @contextmanager
+    def draft(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.draft_time += time.perf_counter() - start
+
+    @contextmanager
+    def verify(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.verify_time += time.perf_counter() - start
