@@ -1,9 +1,9 @@
 """specdec: exact speculative decoding for Hugging Face causal LMs.
 
-    import specdec
-    spec = specdec.wrap(target, draft)            # models or hub ids / local paths
-    out = spec.generate(input_ids, max_new_tokens=128)
-    print(spec.stats.summary())
+import specdec
+spec = specdec.wrap(target, draft)            # models or hub ids / local paths
+out = spec.generate(input_ids, max_new_tokens=128)
+print(spec.stats.summary())
 """
 
 from __future__ import annotations
@@ -53,9 +53,13 @@ def wrap(
     tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
     found next to the models when they were loaded from a local folder.
     """
-    config = SpecConfig(strategy=strategy, num_draft_tokens=num_draft_tokens, max_draft_tokens=max_draft_tokens)
+    config = SpecConfig(
+        strategy=strategy, num_draft_tokens=num_draft_tokens, max_draft_tokens=max_draft_tokens
+    )
     target_model = load_causal_lm(target, "target", dtype, device_map, trust_remote_code)
     draft_model = None
     if draft is not None:
         draft_model = load_causal_lm(draft, "draft", dtype, device_map, trust_remote_code)
-    return SpeculativeModel(target_model, draft_model, config, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer)
+    return SpeculativeModel(
+        target_model, draft_model, config, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer
+    )

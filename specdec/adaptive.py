@@ -78,7 +78,9 @@ class DraftLengthController:
         self._trials = self._trials * self.decay + trials
         if draft_time is not None:
             per_token = draft_time / num_drafted
-            self._draft_cost = per_token if self._draft_cost is None else 0.7 * self._draft_cost + 0.3 * per_token
+            self._draft_cost = (
+                per_token if self._draft_cost is None else 0.7 * self._draft_cost + 0.3 * per_token
+            )
         if verify_time is not None:
             size = num_drafted + 1
             old = self._verify_cost.get(size)

@@ -82,7 +82,9 @@ class SpeculativeModel:
         if self.config.strategy == "prompt-lookup":
             if draft is not None:
                 raise ValueError('strategy="prompt-lookup" uses no draft model; pass draft=None.')
-            return PromptLookupDrafter(self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram)
+            return PromptLookupDrafter(
+                self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram
+            )
         if draft is None:
             raise ValueError(f'strategy="{self.config.strategy}" needs a draft model; got draft=None.')
         target_tokenizer = self.tokenizer if self.tokenizer is not None else find_tokenizer(self.target)
@@ -148,7 +150,9 @@ class SpeculativeModel:
         try:
             while generated < max_new_tokens:
                 result = engine.step(sequence, max_new_tokens - generated)
-                tokens, finished = self._cut_at_stop(sequence, result.tokens, eos_ids, stop, gen_config, start)
+                tokens, finished = self._cut_at_stop(
+                    sequence, result.tokens, eos_ids, stop, gen_config, start
+                )
                 sequence = torch.cat([sequence, tokens[None]], dim=1)
                 generated += tokens.shape[0]
                 if want_scores:
@@ -167,7 +171,9 @@ class SpeculativeModel:
         stats.new_tokens = generated
         stats.total_time = time.perf_counter() - start
 
-        output = torch.cat([pad_prefix.to(sequence.device), sequence], dim=1) if pad_prefix.numel() else sequence
+        output = (
+            torch.cat([pad_prefix.to(sequence.device), sequence], dim=1) if pad_prefix.numel() else sequence
+        )
         output = output.to(input_ids.device)
         if gen_config.return_dict_in_generate:
             return GenerateDecoderOnlyOutput(
@@ -177,7 +183,9 @@ class SpeculativeModel:
             )
         return output
 
-    def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
+    def _generation_config(
+        self, generation_config: GenerationConfig | None, kwargs: dict
+    ) -> GenerationConfig:
         """Merge like transformers: explicit kwargs > generation_config > the target's > defaults."""
         config, model_kwargs = self.target._prepare_generation_config(generation_config, **kwargs)
         model_kwargs = {k: v for k, v in model_kwargs.items() if v is not None and k != "use_cache"}
@@ -224,9 +232,8 @@ def _prompt_tokens(input_ids: torch.Tensor | None, attention_mask: torch.Tensor 
     if input_ids is None:
         raise ValueError("generate() needs input_ids ([batch, length] token ids).")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError(
-            f"input_ids must be a 2-D tensor [batch, length], got {getattr(input_ids, 'shape', type(input_ids))}."
-        )
+        got = getattr(input_ids, "shape", type(input_ids))
+        raise ValueError(f"input_ids must be a 2-D tensor [batch, length], got {got}.")
     if input_ids.shape[0] != 1:
         raise ValueError(
             f"batch size {input_ids.shape[0]} is not supported yet (only 1); call generate() once per prompt."

@@ -52,7 +52,9 @@ class LogitsPipeline:
             processors.append(MinLengthLogitsProcessor(config.min_length, eos_token_ids, device=device))
         if eos_token_ids and config.min_new_tokens:
             processors.append(
-                MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos_token_ids, device=device)
+                MinNewTokensLengthLogitsProcessor(
+                    prompt_length, config.min_new_tokens, eos_token_ids, device=device
+                )
             )
         if config.suppress_tokens is not None:
             processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))

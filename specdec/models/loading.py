@@ -83,5 +83,7 @@ def vocab_info(model: PreTrainedModel, tokenizer=None) -> VocabInfo:
         try:
             tokens = tokenizer_tokens(tokenizer)
         except Exception as error:  # noqa: BLE001
-            warnings.warn(f"could not read the tokenizer's vocabulary ({error}); ids not checked", stacklevel=2)
+            warnings.warn(
+                f"could not read the tokenizer's vocabulary ({error}); ids not checked", stacklevel=2
+            )
     return VocabInfo(size=vocab_size(model), tokens=tokens, special=special)

@@ -83,7 +83,9 @@ class CausalRunner:
         kwargs = {self._cache_kw: self.cache}
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = num_logits
-        out = self.model(input_ids=tokens.to(self.device)[None], position_ids=positions, use_cache=True, **kwargs)
+        out = self.model(
+            input_ids=tokens.to(self.device)[None], position_ids=positions, use_cache=True, **kwargs
+        )
         return out.logits[0, -num_logits:]  # [num_logits, V]
 
     def truncate(self, length: int) -> None:
