@@ -7,19 +7,37 @@ correction token after a rejection, or the bonus token when all k drafts were ac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 
 import torch
 
 from specdec.sampling import residual, sample
+from specdec.tree import Tree
+
+
+class NodeKind(IntEnum):
+    """How a draft token was proposed; the stochastic rule treats each kind exactly."""
+
+    SAMPLED = 0  # drawn i.i.d. from q
+    SAMPLED_WITHOUT_REPLACEMENT = 1  # drawn from q without replacement among its siblings
+    DETERMINISTIC = 2  # chosen, not drawn (top-k, n-gram copy): q is a point mass on the token
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """Result of one verification: the first `num_accepted` drafts are kept, then `next_token`."""
+    """Result of one verification: the drafted nodes on `path` (root first) are kept, then `next_token`.
 
-    num_accepted: int
+    For a chain the path is (0, 1, ..., n - 1).
+    """
+
+    path: tuple[int, ...]
     next_token: int
+
+    @property
+    def num_accepted(self) -> int:
+        return len(self.path)
 
 
 def accept_greedy_chain(draft_tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
@@ -31,7 +49,7 @@ def accept_greedy_chain(draft_tokens: torch.Tensor, target_scores: torch.Tensor)
     k = draft_tokens.shape[0]
     matches = (draft_tokens.to(target_choice.device) == target_choice[:k]).long()  # [k]
     n = int(matches.cumprod(dim=0).sum().item()) if k else 0
-    return Accepted(n, int(target_choice[n].item()))
+    return Accepted(tuple(range(n)), int(target_choice[n].item()))
 
 
 def acceptance_probability(p_token: torch.Tensor, q_token: torch.Tensor) -> torch.Tensor:
@@ -92,4 +110,117 @@ def accept_stochastic_chain(
         n = int(accepted.cumprod(dim=0).sum().item())
     # Steps 2 and 3.
     token = sample(next_token_distribution(p, q_rows, n), generator)
-    return Accepted(n, int(token.item()))
+    return Accepted(tuple(range(n)), int(token.item()))
+
+
+def accept_greedy_tree(tree: Tree, tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
+    """Greedy rule on a tree: from the root, follow the child whose token is the target's argmax.
+
+    tokens: [T] node tokens; target_scores: [T + 1, V], row 0 at the root, row i + 1 at node i.
+    Returns the longest such path and the target's argmax after its last node.
+    """
+    choice = target_scores.argmax(dim=-1).tolist()  # [T + 1]
+    token_list = tokens.tolist()
+    path: list[int] = []
+    node = -1
+    while True:
+        wanted = choice[node + 1]
+        child = next((c for c in tree.children_of(node) if token_list[c] == wanted), None)
+        if child is None:
+            return Accepted(tuple(path), wanted)
+        path.append(child)
+        node = child
+
+
+def accept_stochastic_tree(
+    tree: Tree,
+    tokens: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    kinds: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> Accepted:
+    """Exact multi-candidate recursive rejection sampling over a token tree.
+
+    tokens: [T]; p: [T + 1, V] target probabilities (row 0 at the root, row i + 1 at node i);
+    q: [T, V] the draft distribution each node's token was drawn from (its parent's q), None when
+    every node is deterministic; kinds: [T] NodeKind values (default: SAMPLED where q is given, else
+    DETERMINISTIC).
+
+    At a node with target distribution p, its children are tried in rank order. A child x with
+    proposal distribution r (q for sampled kinds, the point mass on x for deterministic ones) is
+    accepted with probability min(1, p(x) / r(x)); on rejection p <- norm(max(p - r, 0)), and for a
+    child drawn without replacement its siblings' q loses x (q <- norm(q with x removed)). If every
+    child is rejected the appended token is drawn from the last p; after an accepted leaf it is drawn
+    from the leaf's p (bonus token).
+
+    Why this is exact: for one candidate x ~ r, P(accept and output y) = min(p(y), r(y)) and
+    P(reject) * norm(max(p - r, 0))(y) = max(p(y) - r(y), 0), which sum to p(y) (the chain argument of
+    Leviathan et al.). Trying the next candidate against the residual is the same argument applied to
+    the residual, provided that candidate's distribution, given the earlier candidates' tokens, is the
+    r used: q again for i.i.d. draws, q without the earlier draws for draws without replacement, a
+    point mass for chosen tokens. The rejection coins are independent of how the candidates were
+    drawn, so conditioning on earlier rejections does not change that distribution. By induction
+    over siblings the token leaving a node is distributed as p at that node; by induction over depth
+    the whole committed sequence is distributed as the target's.
+
+    One uniform is drawn per node up front, so a chain-shaped tree consumes randomness exactly like
+    `accept_stochastic_chain` and gives the same result for the same generator.
+    """
+    u = (
+        torch.rand(len(tree), generator=generator, device=p.device, dtype=p.dtype).tolist()
+        if len(tree)
+        else []
+    )
+    path, final = walk_tree(tree, tokens, p, q, kinds, lambda node, prob: u[node] < prob)
+    return Accepted(path, int(sample(final, generator).item()))
+
+
+def walk_tree(
+    tree: Tree,
+    tokens: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    kinds: torch.Tensor | None,
+    coin: Callable[[int, float], bool],
+) -> tuple[tuple[int, ...], torch.Tensor]:
+    """The deterministic part of `accept_stochastic_tree`: returns (accepted path, distribution [V] of
+    the appended token). `coin(node, a)` decides whether `node` is accepted, which must happen with
+    probability a; tests enumerate both outcomes to compute the rule's exact output distribution."""
+    token_list = tokens.tolist()
+    if kinds is None:
+        kind_list = [NodeKind.SAMPLED if q is not None else NodeKind.DETERMINISTIC] * len(tree)
+    else:
+        kind_list = [NodeKind(int(k)) for k in kinds.tolist()]
+    path: list[int] = []
+    node = -1
+    p_node = p[0]  # [V]
+    while True:
+        accepted_child = None
+        q_without: torch.Tensor | None = None  # q of the siblings drawn without replacement, so far
+        for child in tree.children_of(node):
+            x = token_list[child]
+            kind = kind_list[child]
+            if kind == NodeKind.DETERMINISTIC:
+                r = torch.zeros_like(p_node)
+                r[x] = 1.0
+            elif kind == NodeKind.SAMPLED_WITHOUT_REPLACEMENT:
+                if q_without is None:
+                    q_without = q[child].to(device=p.device, dtype=p.dtype)
+                r = q_without
+            else:
+                r = q[child].to(device=p.device, dtype=p.dtype)
+            if coin(child, float(acceptance_probability(p_node[x], r[x]))):
+                accepted_child = child
+                break
+            p_node = residual(p_node, r)
+            if kind == NodeKind.SAMPLED_WITHOUT_REPLACEMENT:
+                q_without = r.clone()
+                q_without[x] = 0.0
+                mass = q_without.sum()
+                q_without = q_without / mass if mass > 0 else q_without
+        if accepted_child is None:
+            return tuple(path), p_node
+        path.append(accepted_child)
+        node = accepted_child
+        p_node = p[node + 1]
