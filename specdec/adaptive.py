@@ -69,10 +69,14 @@ class DraftLengthController:
         num_accepted: int,
         draft_time: float | None,
         verify_time: float | None,
+        num_nodes: int | None = None,
     ) -> None:
-        """Update estimates after a step; times are None when they should not count (prefill)."""
+        """Update estimates after a step that drafted `num_drafted` levels (a chain's k) in
+        `num_nodes` nodes (default k) and accepted `num_accepted`; times are None when they should
+        not count (the prefill step)."""
         if num_drafted == 0:
             return
+        num_nodes = num_drafted if num_nodes is None else num_nodes
         trials = num_accepted + (1 if num_accepted < num_drafted else 0)
         self._accepted = self._accepted * self.decay + num_accepted
         self._trials = self._trials * self.decay + trials
@@ -82,6 +86,6 @@ class DraftLengthController:
                 per_token if self._draft_cost is None else 0.7 * self._draft_cost + 0.3 * per_token
             )
         if verify_time is not None:
-            size = num_drafted + 1
+            size = num_nodes + 1
             old = self._verify_cost.get(size)
             self._verify_cost[size] = verify_time if old is None else 0.7 * old + 0.3 * verify_time

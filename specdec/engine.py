@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.acceptance import Accepted, accept_greedy_chain, accept_stochastic_chain
+from specdec.acceptance import (
+    Accepted,
+    NodeKind,
+    accept_greedy_chain,
+    accept_greedy_tree,
+    accept_stochastic_chain,
+    accept_stochastic_tree,
+)
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
 from specdec.models.runner import CausalRunner
@@ -66,49 +73,85 @@ class SpeculativeEngine:
     def step(self, sequence: torch.Tensor, budget: int) -> StepResult:
         """Advance by one target pass. sequence: [1, N] committed tokens; budget: tokens still allowed."""
         n_committed = sequence.shape[1]
-        k = self._draft_length(n_committed, budget)
+        max_depth = self._draft_length(n_committed, budget)
         first = self._steps == 0
 
         # 1. propose
         t0 = time.perf_counter()
-        if k > 0:
-            draft = self.drafter.propose(sequence, k, self.pipeline, self.generator)
+        if max_depth > 0:
+            draft = self.drafter.propose(sequence, max_depth, self.pipeline, self.generator)
         else:
             draft = Draft(sequence.new_empty(0))
         t1 = time.perf_counter()
-        k = len(draft)
+        tree = draft.tree
+        t = len(draft)
 
-        # 2. verify: the target scores the k + 1 positions after the committed sequence in one pass
-        pending = sequence[0, self.target.length :]  # [m] committed tokens not yet in the target cache
-        block = torch.cat([pending, draft.tokens.to(pending.device)])  # [m + k]
-        logits = self.target.extend(block, num_logits=k + 1)  # [k + 1, V]
-        scores = self.pipeline.scores_along(sequence, draft.tokens, logits)  # [k + 1, V]
+        # 2. verify: the target scores the root and all T nodes in one pass
+        logits = self._verify(sequence, draft)  # [T + 1, V]
+        if tree.is_chain:
+            scores = self.pipeline.scores_along(sequence, draft.tokens, logits)  # [T + 1, V]
+        else:
+            scores = self.pipeline.scores_tree(sequence, draft.tokens, tree, logits)  # [T + 1, V]
 
         # 3. accept
         accepted = self._accept(draft, scores)
         t2 = time.perf_counter()
 
-        # 4. commit: keep the accepted drafts in both caches, drop the rest
-        n = accepted.num_accepted
-        self.target.truncate(n_committed + n)
-        self.drafter.observe(n_committed + n)
+        # 4. commit: the accepted path moves to contiguous cache rows, every other node is dropped
+        path = accepted.path
+        self.target.compact(n_committed, [n_committed + node for node in path])
+        self.drafter.observe(n_committed, path)
+        index = torch.tensor(path, dtype=torch.long, device=draft.tokens.device)
         new_token = torch.tensor([accepted.next_token], dtype=sequence.dtype, device=sequence.device)
-        tokens = torch.cat([draft.tokens[:n].to(sequence.device), new_token])  # [n + 1]
+        tokens = torch.cat([draft.tokens[index].to(sequence.device), new_token])  # [n + 1]
+        rows = torch.tensor([0] + [node + 1 for node in path], device=scores.device)
 
         # 5. observe
+        n = len(path)
         self.stats.draft_time += t1 - t0
         self.stats.verify_time += t2 - t1
-        self.stats.record_step(k, n, n + 1)
+        self.stats.record_step(t, tree.depth, n, n + 1)
         self.controller.observe(
-            k,
+            tree.depth,
             n,
             None if first or not self.drafter.uses_model else t1 - t0,
             None if first else t2 - t1,
+            num_nodes=t,
         )
         self._steps += 1
-        return StepResult(tokens, scores[: n + 1], logits[: n + 1].float(), k, n)
+        return StepResult(tokens, scores[rows], logits[rows].float(), t, n)
+
+    def _verify(self, sequence: torch.Tensor, draft: Draft) -> torch.Tensor:
+        """Target logits [T + 1, V]: row 0 after the committed sequence, row i + 1 after node i."""
+        n_committed = sequence.shape[1]
+        pending = sequence[0, self.target.length :]  # [m] committed tokens not yet in the target cache
+        block = torch.cat([pending, draft.tokens.to(pending.device)])  # [m + T]
+        t = len(draft)
+        if draft.tree.is_chain:
+            return self.target.extend(block, num_logits=t + 1)
+        m = pending.shape[0]
+        start = self.target.length
+        positions = torch.cat(
+            [
+                torch.arange(start, n_committed),
+                n_committed - 1 + draft.tree.depth_tensor(),
+            ]
+        )  # [m + T]
+        attention = torch.zeros(m + t, m + t, dtype=torch.bool)
+        attention[:, :m] = torch.tril(torch.ones(m + t, m, dtype=torch.bool))  # pending: causal, seen by all
+        attention[m:, m:] = draft.tree.ancestor_mask  # nodes: ancestors and themselves
+        return self.target.extend(block, num_logits=t + 1, positions=positions, attention=attention)
 
     def _accept(self, draft: Draft, scores: torch.Tensor) -> Accepted:
+        tree = draft.tree
         if not self.pipeline.do_sample:
-            return accept_greedy_chain(draft.tokens, scores)
-        return accept_stochastic_chain(draft.tokens, probabilities(scores), draft.q, self.generator)
+            if tree.is_chain:
+                return accept_greedy_chain(draft.tokens, scores)
+            return accept_greedy_tree(tree, draft.tokens, scores)
+        p = probabilities(scores)
+        kinds = draft.kinds
+        if tree.is_chain and (kinds is None or bool((kinds == kinds[:1]).all())):
+            deterministic = kinds is not None and len(kinds) and int(kinds[0]) == NodeKind.DETERMINISTIC
+            q = None if deterministic else draft.q
+            return accept_stochastic_chain(draft.tokens, p, q, self.generator)
+        return accept_stochastic_tree(tree, draft.tokens, p, draft.q, draft.kinds, self.generator)

@@ -97,6 +97,22 @@ class LogitsPipeline:
             rows.append(self.scores(ctx, logits[i : i + 1]))
         return torch.cat(rows, dim=0)
 
+    def scores_tree(
+        self, context: torch.Tensor, tokens: torch.Tensor, tree, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Processed scores at the root and at every node of a token tree, each seeing its own path.
+
+        context: [1, n] committed tokens; tokens: [T] node tokens; tree: specdec.tree.Tree;
+        logits: [T + 1, V], row 0 after the context, row i + 1 after node i -> [T + 1, V] float32.
+        """
+        if not self.processors:
+            return logits.float()
+        rows = [self.scores(context, logits[0:1])]
+        for node in range(len(tree)):
+            path = tokens[tree.path_to(node)].view(1, -1).to(context.device)
+            rows.append(self.scores(torch.cat([context, path], dim=1), logits[node + 1 : node + 2]))
+        return torch.cat(rows, dim=0)
+
 
 def probabilities(scores: torch.Tensor) -> torch.Tensor:
     """Softmax in float32 over the last dim; -inf scores get probability 0."""

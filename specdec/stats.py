@@ -12,7 +12,8 @@ class GenerationStats:
     """Counters of the last `generate()` call.
 
     tau = new_tokens / target_passes: mean tokens committed per target forward pass.
-    acceptance_per_position[i]: fraction of steps that drafted a token at position i and kept it.
+    acceptance_per_position[i]: fraction of the steps that drafted depth i + 1 whose accepted path
+    reached it (for a chain: position i kept).
     Times are wall-clock seconds; `rest_time` is everything outside drafting and verification.
     """
 
@@ -47,17 +48,18 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.total_time if self.total_time > 0 else 0.0
 
-    def record_step(self, num_drafted: int, num_accepted: int, num_committed: int) -> None:
-        """One target pass that verified `num_drafted` drafts, kept `num_accepted`, committed tokens."""
+    def record_step(self, num_drafted: int, depth: int, num_accepted: int, num_committed: int) -> None:
+        """One target pass that verified `num_drafted` draft nodes in a tree of `depth` levels (a chain
+        of k: k nodes, depth k), kept a path of `num_accepted`, and committed `num_committed` tokens."""
         self.target_passes += 1
         self.new_tokens += num_committed
         self.drafted_tokens += num_drafted
         self.accepted_tokens += num_accepted
         self.draft_lengths.append(num_drafted)
-        while len(self.drafted_at) < num_drafted:
+        while len(self.drafted_at) < depth:
             self.drafted_at.append(0)
             self.accepted_at.append(0)
-        for i in range(num_drafted):
+        for i in range(depth):
             self.drafted_at[i] += 1
             if i < num_accepted:
                 self.accepted_at[i] += 1

@@ -1,4 +1,4 @@
-"""The drafter protocol: propose(sequence, k) -> Draft; observe(kept positions)."""
+"""The drafter protocol: propose(sequence, max_depth) -> Draft; observe(accepted path)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,32 @@ from typing import Protocol
 import torch
 
 from specdec.sampling import LogitsPipeline
+from specdec.tree import Tree
 
 
 @dataclass(frozen=True)
 class Draft:
-    """Candidate tokens for one step.
+    """Candidate tokens for one step, as a tree (a chain is a tree whose node i has parent i - 1).
 
-    tokens: [k] long, on the target's device. q: [k, V] float32 draft probabilities each token was
-    sampled from, or None when the source is deterministic (q is one-hot on each token) or the step
-    is greedy (q is not needed).
+    tokens: [T] long on the target's device, in the tree's topological order.
+    q: [T, V] float32, row i the draft distribution node i's token was drawn from; None when every
+        node is deterministic (q is a point mass on its token) or the step is greedy.
+    tree: the structure; default the chain of T nodes.
+    kinds: [T] NodeKind per node (how it was proposed); default SAMPLED with q, else DETERMINISTIC.
+    confidence: optional draft probability of reaching each node (for statistics and shaping).
     """
 
     tokens: torch.Tensor
     q: torch.Tensor | None = None
+    tree: Tree | None = None
+    kinds: torch.Tensor | None = None
+    confidence: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tree is None:
+            object.__setattr__(self, "tree", Tree.chain(int(self.tokens.shape[0])))
+        if len(self.tree) != self.tokens.shape[0]:
+            raise ValueError(f"draft has {self.tokens.shape[0]} tokens but its tree {len(self.tree)} nodes")
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -39,12 +52,12 @@ class Drafter(Protocol):
     def propose(
         self,
         sequence: torch.Tensor,
-        k: int,
+        max_depth: int,
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
     ) -> Draft:
-        """Up to k candidate tokens following `sequence` ([1, N] committed tokens)."""
+        """Candidates following `sequence` ([1, N] committed tokens), at most `max_depth` deep."""
 
-    def observe(self, valid_length: int) -> None:
-        """After commit: the first `valid_length` positions of the committed sequence equal what the
-        drafter saw; anything it holds past that is stale."""
+    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+        """After verification: the first `committed_length` tokens were committed before this step and
+        the draft nodes on `path` (root first) were accepted; anything else the drafter holds is stale."""

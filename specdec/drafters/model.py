@@ -1,17 +1,54 @@
-"""A draft model proposing a chain of k tokens autoregressively on its own KV cache."""
+"""A draft model proposing a chain, a static tree or a dynamic tree on its own KV cache.
+
+The draft expands its proposal depth by depth: one forward pass per depth scores every node of that
+depth that gets children, with an ancestor-only attention mask (as the target does when verifying).
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
+from specdec.acceptance import NodeKind
 from specdec.drafters.base import Draft
 from specdec.models.runner import CausalRunner
 from specdec.sampling import LogitsPipeline, probabilities, sample
+from specdec.tree import Tree
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """What the draft model proposes each step.
+
+    mode: "chain" (k tokens in a line), "static" (the fixed `tree`, cut at the step's depth cap) or
+    "dynamic" (EAGLE-2 style: at each depth expand the `beam` nodes of highest cumulative draft
+    log-probability with their top `branch` tokens, then keep the best `budget` nodes).
+    """
+
+    mode: str = "chain"
+    tree: Tree | None = None
+    budget: int = 32
+    branch: int = 4
+    beam: int = 4
+    depth: int = 6
+
+
+@dataclass
+class _Node:
+    parent: int  # index into the node list, -1 for the root's children
+    token: int
+    kind: NodeKind
+    q_row: torch.Tensor | None  # [V] distribution the token was drawn from (its parent's q)
+    log_prob: float  # cumulative draft log-probability from the root
+    depth: int
+    template: int = -1  # node of the static tree it instantiates
 
 
 class ModelDrafter:
-    """Chain drafts from a small causal LM.
+    """Draft tokens from a small causal LM.
 
     target_vocab_size: ids at or past it are masked out of the draft's proposals (a draft may carry
     extra tokens, e.g. TinyLlama-Chat-v0.1's 32001 ids against Llama-2's 32000).
@@ -20,10 +57,19 @@ class ModelDrafter:
     name = "draft-model"
     uses_model = True
 
-    def __init__(self, model: PreTrainedModel, target_vocab_size: int, target_device: torch.device) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        target_vocab_size: int,
+        target_device: torch.device,
+        shape: TreeShape | None = None,
+    ) -> None:
         self.runner = CausalRunner(model)
         self.target_vocab_size = target_vocab_size
         self.target_device = target_device
+        self.shape = shape or TreeShape()
+        self._committed = 0  # draft cache rows holding committed tokens
+        self._node_rows: dict[int, int] = {}  # node index -> draft cache row, for nodes fed this step
 
     @property
     def context_length(self) -> int | None:
@@ -31,37 +77,167 @@ class ModelDrafter:
 
     def begin(self) -> None:
         self.runner.reset()
+        self._node_rows = {}
 
+    # ------------------------------------------------------------------ propose
     def propose(
         self,
         sequence: torch.Tensor,
-        k: int,
+        max_depth: int,
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
     ) -> Draft:
-        """k tokens x_i ~ q_i (or argmax when greedy), each after the committed sequence + x_<i."""
+        """A tree of depth <= max_depth after `sequence` ([1, N] committed tokens)."""
+        self._committed = sequence.shape[1]
+        self._node_rows = {}
         pending = sequence[0, self.runner.length :]  # [m] committed tokens the draft has not seen
-        logits = self.runner.extend(pending, num_logits=1)  # [1, V_draft]
-        context = sequence
-        tokens: list[torch.Tensor] = []
-        q_rows: list[torch.Tensor] = []
-        for i in range(k):
-            raw = logits[:, : self.target_vocab_size].to(self.target_device)  # [1, V]
-            scores = pipeline.scores(context, raw)  # [1, V] float32
-            if pipeline.do_sample:
-                q = probabilities(scores)  # [1, V]
-                token = sample(q, generator)  # [1]
-                q_rows.append(q)
-            else:
-                token = scores.argmax(dim=-1)  # [1]
-            tokens.append(token)
-            context = torch.cat([context, token.view(1, 1)], dim=1)
-            if i + 1 < k:
-                logits = self.runner.extend(token, num_logits=1)
-        draft_tokens = torch.cat(tokens) if tokens else sequence.new_empty(0)  # [k]
-        q_all = torch.cat(q_rows) if q_rows else None  # [k, V]
-        return Draft(draft_tokens, q_all)
+        root_logits = self.runner.extend(pending, num_logits=1)  # [1, V_draft]
+        nodes: list[_Node] = []
+        contexts: dict[int, torch.Tensor] = {-1: sequence}  # node -> [1, N + depth] tokens up to it
+        expand = [(-1, root_logits)]  # nodes whose children are chosen at this depth, with logits
+        for depth in range(1, max_depth + 1):
+            created: list[int] = []
+            for parent, logits in expand:
+                scores = pipeline.scores(contexts[parent], self._target_vocab(logits))  # [1, V]
+                for child in self._children(parent, nodes, scores, depth, pipeline.do_sample, generator):
+                    nodes.append(child)
+                    index = len(nodes) - 1
+                    created.append(index)
+                    contexts[index] = torch.cat(
+                        [contexts[parent], torch.tensor([[child.token]], device=sequence.device)], dim=1
+                    )
+            if depth == max_depth or not created:
+                break
+            to_feed = self._nodes_to_expand(nodes, created, depth)
+            if not to_feed:
+                break
+            logits = self._feed(nodes, to_feed, sequence.shape[1])  # [len(to_feed), V_draft]
+            expand = [(node, logits[i : i + 1]) for i, node in enumerate(to_feed)]
+        if self.shape.mode == "dynamic" and len(nodes) > self.shape.budget:
+            nodes = self._keep_best(nodes)
+        return self._draft(nodes, pipeline.do_sample, sequence.device)
 
-    def observe(self, valid_length: int) -> None:
-        if self.runner.length > valid_length:
-            self.runner.truncate(valid_length)
+    def _target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, : self.target_vocab_size].to(self.target_device)
+
+    def _children(
+        self,
+        parent: int,
+        nodes: list[_Node],
+        scores: torch.Tensor,
+        depth: int,
+        do_sample: bool,
+        generator: torch.Generator | None,
+    ) -> list[_Node]:
+        """Tokens proposed below `parent` from its processed draft scores ([1, V])."""
+        mode = self.shape.mode
+        parent_lp = nodes[parent].log_prob if parent >= 0 else 0.0
+        if mode == "chain":
+            count, template_kids = 1, None
+        elif mode == "static":
+            template = nodes[parent].template if parent >= 0 else -1
+            template_kids = self.shape.tree.children_of(template)
+            count = len(template_kids)
+        else:
+            count, template_kids = self.shape.branch, None
+        if count == 0:
+            return []
+        log_q = torch.log_softmax(scores[0], dim=-1)  # [V]
+        allowed = int(torch.isfinite(log_q).sum())
+        count = min(count, allowed)
+        if do_sample and mode != "dynamic":
+            q = probabilities(scores)[0]  # [V]
+            if mode == "chain":
+                tokens = sample(q, generator).view(1)
+                kind = NodeKind.SAMPLED
+            else:  # Gumbel-top-k: `count` draws without replacement from q
+                u = torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-20)
+                tokens = torch.topk(log_q - torch.log(-torch.log(u)), count).indices
+                kind = NodeKind.SAMPLED_WITHOUT_REPLACEMENT
+            q_row = q
+        else:
+            tokens = torch.topk(log_q, count).indices
+            kind, q_row = NodeKind.DETERMINISTIC, None
+        children = []
+        for rank, token in enumerate(tokens.tolist()):
+            children.append(
+                _Node(
+                    parent=parent,
+                    token=token,
+                    kind=kind,
+                    q_row=q_row,
+                    log_prob=parent_lp + float(log_q[token]),
+                    depth=depth,
+                    template=template_kids[rank] if template_kids is not None else -1,
+                )
+            )
+        return children
+
+    def _nodes_to_expand(self, nodes: list[_Node], created: list[int], depth: int) -> list[int]:
+        """Nodes of this depth whose children the next depth proposes."""
+        mode = self.shape.mode
+        if mode == "chain":
+            return created
+        if mode == "static":
+            return [i for i in created if self.shape.tree.children_of(nodes[i].template)]
+        best = sorted(created, key=lambda i: (-nodes[i].log_prob, i))
+        return sorted(best[: self.shape.beam])
+
+    def _feed(self, nodes: list[_Node], to_feed: list[int], committed: int) -> torch.Tensor:
+        """Run the draft on `to_feed` nodes (all of one depth) with ancestor-only attention."""
+        start = self.runner.length
+        fed_rows = dict(self._node_rows)
+        width = start + len(to_feed)
+        mask = torch.zeros(len(to_feed), width, dtype=torch.bool)
+        mask[:, :committed] = True
+        for i, node in enumerate(to_feed):
+            mask[i, start + i] = True
+            ancestor = nodes[node].parent
+            while ancestor >= 0:
+                mask[i, fed_rows[ancestor]] = True
+                ancestor = nodes[ancestor].parent
+        tokens = torch.tensor([nodes[n].token for n in to_feed], device=self.runner.device)
+        positions = torch.tensor([committed - 1 + nodes[n].depth for n in to_feed], device=self.runner.device)
+        for i, node in enumerate(to_feed):
+            self._node_rows[node] = start + i
+        return self.runner.extend(tokens, num_logits=len(to_feed), positions=positions, attention=mask)
+
+    def _keep_best(self, nodes: list[_Node]) -> list[_Node]:
+        """The `budget` nodes of highest cumulative log-probability (ancestor-closed: a child never
+        scores above its parent, and ties go to the earlier, shallower node)."""
+        ranked = sorted(range(len(nodes)), key=lambda i: (-nodes[i].log_prob, i))[: self.shape.budget]
+        kept = sorted(ranked)
+        new_index = {old: new for new, old in enumerate(kept)}
+        self._node_rows = {new_index[o]: row for o, row in self._node_rows.items() if o in new_index}
+        result = []
+        for old in kept:
+            node = nodes[old]
+            parent = new_index[node.parent] if node.parent >= 0 else -1
+            result.append(_Node(parent, node.token, node.kind, node.q_row, node.log_prob, node.depth))
+        return result
+
+    def _draft(self, nodes: list[_Node], do_sample: bool, device: torch.device) -> Draft:
+        tree = Tree.from_parents([n.parent for n in nodes])
+        tokens = torch.tensor([n.token for n in nodes], dtype=torch.long, device=device)  # [T]
+        kinds = torch.tensor([int(n.kind) for n in nodes], dtype=torch.long)  # [T]
+        q = None
+        if do_sample and any(n.q_row is not None for n in nodes):
+            vocab = next(n.q_row for n in nodes if n.q_row is not None).shape[0]
+            zeros = torch.zeros(vocab, device=self.target_device)
+            q = torch.stack([n.q_row if n.q_row is not None else zeros for n in nodes])  # [T, V]
+        log_probs = [n.log_prob for n in nodes]
+        return Draft(tokens, q, tree, kinds, confidence=[math.exp(lp) for lp in log_probs])
+
+    # ------------------------------------------------------------------ observe
+    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+        """Keep the committed rows and the fed rows of the accepted path; drop every other node."""
+        if self.runner.length <= committed_length:
+            return
+        rows = []
+        for node in path:
+            row = self._node_rows.get(node)
+            if row is None:
+                break
+            rows.append(row)
+        self.runner.compact(committed_length, rows)
+        self._node_rows = {}

@@ -46,11 +46,11 @@ class PromptLookupDrafter:
     def propose(
         self,
         sequence: torch.Tensor,
-        k: int,
+        max_depth: int,
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
     ) -> Draft:
-        return Draft(find_continuation(sequence[0], k, self.max_ngram, self.min_ngram), None)
+        return Draft(find_continuation(sequence[0], max_depth, self.max_ngram, self.min_ngram), None)
 
-    def observe(self, valid_length: int) -> None:
+    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
         """Stateless."""

@@ -12,7 +12,7 @@ import inspect
 import torch
 from transformers import PreTrainedModel
 
-from specdec.cache import cache_length, new_cache, truncate_cache
+from specdec.cache import cache_length, compact_cache, new_cache, truncate_cache
 
 
 def _cache_keyword(model: PreTrainedModel) -> str:
@@ -69,25 +69,51 @@ class CausalRunner:
         self.cache = new_cache()
 
     @torch.inference_mode()
-    def extend(self, tokens: torch.Tensor, num_logits: int = 1) -> torch.Tensor:
-        """Append tokens at the next positions; return logits of the last `num_logits` of them.
+    def extend(
+        self,
+        tokens: torch.Tensor,
+        num_logits: int = 1,
+        positions: torch.Tensor | None = None,
+        attention: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Append tokens after the cached positions; return logits of the last `num_logits` of them.
 
-        tokens: [n] long -> [num_logits, V] logits (model dtype, model device), where row i scores the
-        position after tokens[: n - num_logits + i + 1].
+        tokens: [n] long. positions: [n] position ids (default: consecutive after the cache).
+        attention: [n, n] bool, which new tokens each new token attends to, every cached position
+        being visible; or [n, cached + n] bool over cached and new positions (default: causal).
+        Returns [num_logits, V] logits (model dtype and device)
+        for the last num_logits tokens.
         """
         n = tokens.shape[0]
         if n == 0 or not 1 <= num_logits <= n:
             raise ValueError(f"extend needs 1 <= num_logits <= len(tokens), got {num_logits} and {n}")
         start = self.length
-        positions = torch.arange(start, start + n, device=self.device)[None]  # [1, n]
+        if positions is None:
+            positions = torch.arange(start, start + n, device=self.device)
         kwargs = {self._cache_kw: self.cache}
+        if attention is not None:
+            mask = attention.to(self.device)
+            if mask.shape[1] == n:
+                visible = torch.ones(n, start, dtype=torch.bool, device=self.device)
+                mask = torch.cat([visible, mask], dim=1)  # [n, start + n]
+            if mask.shape != (n, start + n):
+                shape = tuple(mask.shape)
+                raise ValueError(f"attention must be [{n}, {n}] or [{n}, {start + n}], got {shape}")
+            kwargs["attention_mask"] = mask[None, None]  # [1, 1, n, start + n]
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = num_logits
         out = self.model(
-            input_ids=tokens.to(self.device)[None], position_ids=positions, use_cache=True, **kwargs
+            input_ids=tokens.to(self.device)[None],
+            position_ids=positions.to(self.device)[None],
+            use_cache=True,
+            **kwargs,
         )
         return out.logits[0, -num_logits:]  # [num_logits, V]
 
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` positions."""
         truncate_cache(self.cache, length)
+
+    def compact(self, start: int, rows: list[int]) -> None:
+        """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
+        compact_cache(self.cache, start, rows)
