@@ -42,19 +42,27 @@ def wrap(
     dtype: torch.dtype | str | None = None,
     device_map: Any = None,
     max_draft_tokens: int = 8,
+    tree: object = None,
+    tree_budget: int | None = None,
     trust_remote_code: bool = False,
 ) -> SpeculativeModel:
     """Wrap a target causal LM and a draft into a `SpeculativeModel`.
 
     target / draft: transformers causal-LM objects, or hub ids / local paths loaded with
     `AutoModelForCausalLM.from_pretrained(..., dtype=dtype, device_map=device_map)`.
-    strategy: "chain" (draft model) or "prompt-lookup" (n-gram matches, draft=None).
-    num_draft_tokens: fixed k, or None to adapt k every step (up to max_draft_tokens).
+    strategy: "chain" (draft model, k tokens in a line), "tree" (static token tree, `tree=` a
+    branching tuple such as (4, 2, 2, 1) or a list of rank paths), "dynamic-tree" (EAGLE-2 style,
+    `tree_budget=` nodes per step) or "prompt-lookup" (n-gram matches, draft=None).
+    num_draft_tokens: fixed chain length k, or None to adapt k every step (up to max_draft_tokens).
     tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
     found next to the models when they were loaded from a local folder.
     """
     config = SpecConfig(
-        strategy=strategy, num_draft_tokens=num_draft_tokens, max_draft_tokens=max_draft_tokens
+        strategy=strategy,
+        num_draft_tokens=num_draft_tokens,
+        max_draft_tokens=max_draft_tokens,
+        tree=tree,
+        tree_budget=tree_budget,
     )
     target_model = load_causal_lm(target, "target", dtype, device_map, trust_remote_code)
     draft_model = None

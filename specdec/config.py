@@ -4,24 +4,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STRATEGIES = ("chain", "prompt-lookup")
+from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
+
+STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup")
+
+#: The static tree used by strategy="tree" when none is given: 4 + 8 + 16 + 16 = 44 nodes.
+DEFAULT_TREE = (4, 2, 2, 1)
 
 
 @dataclass(frozen=True)
 class SpecConfig:
     """How drafts are proposed.
 
-    strategy: "chain" (a draft model proposes k tokens autoregressively) or "prompt-lookup"
-        (n-gram matches in the prompt and generated text, no draft model).
-    num_draft_tokens: a fixed k, or None to choose k every step from the measured acceptance
-        rate and draft/verify costs (Leviathan et al., 2023, section 3.5).
+    strategy: "chain" (a draft model proposes k tokens autoregressively), "tree" (a static token
+        tree), "dynamic-tree" (EAGLE-2 style, best `tree_budget` nodes by draft probability) or
+        "prompt-lookup" (n-gram matches in the prompt and generated text, no draft model).
+    num_draft_tokens: a fixed chain length k, or None to choose k every step from the measured
+        acceptance rate and draft/verify costs (Leviathan et al., 2023, section 3.5).
     max_draft_tokens: the largest k the adaptive choice may take.
+    tree: strategy="tree" only: a branching tuple such as (4, 2, 2, 1), a list of rank paths such
+        as [(0,), (1,), (0, 0)], or a specdec.tree.Tree.
+    tree_budget / tree_branch / tree_depth: strategy="dynamic-tree" only: nodes kept per step,
+        children per expanded node (also the number of nodes expanded per depth), deepest level.
     prompt_lookup_max_ngram / prompt_lookup_min_ngram: the n-gram sizes tried, longest first.
     """
 
     strategy: str = "chain"
     num_draft_tokens: int | None = None
     max_draft_tokens: int = 8
+    tree: object = None
+    tree_budget: int | None = None
+    tree_branch: int = 4
+    tree_depth: int = 6
     prompt_lookup_max_ngram: int = 3
     prompt_lookup_min_ngram: int = 1
 
@@ -38,6 +52,30 @@ class SpecConfig:
                 )
         if not isinstance(self.max_draft_tokens, int) or self.max_draft_tokens < 1:
             raise ValueError(f"max_draft_tokens must be an integer >= 1, got {self.max_draft_tokens!r}.")
+        if self.tree is not None and self.strategy != "tree":
+            raise ValueError(f'tree= is only used with strategy="tree", not strategy="{self.strategy}".')
+        if self.strategy == "tree":
+            object.__setattr__(
+                self, "tree", parse_tree_spec(DEFAULT_TREE if self.tree is None else self.tree)
+            )
+        if self.tree_budget is not None and self.strategy != "dynamic-tree":
+            raise ValueError(
+                f'tree_budget= is only used with strategy="dynamic-tree", not strategy="{self.strategy}".'
+            )
+        if self.strategy == "dynamic-tree":
+            budget = 32 if self.tree_budget is None else self.tree_budget
+            if not isinstance(budget, int) or not 1 <= budget <= MAX_TREE_NODES:
+                raise ValueError(f"tree_budget must be an integer in [1, {MAX_TREE_NODES}], got {budget!r}.")
+            object.__setattr__(self, "tree_budget", budget)
+            for name in ("tree_branch", "tree_depth"):
+                value = getattr(self, name)
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if self.num_draft_tokens is not None and self.strategy in ("tree", "dynamic-tree"):
+            raise ValueError(
+                f'num_draft_tokens is for chains; strategy="{self.strategy}" takes its shape from '
+                "tree= or tree_budget=."
+            )
         if not 1 <= self.prompt_lookup_min_ngram <= self.prompt_lookup_max_ngram:
             raise ValueError(
                 "prompt lookup n-gram sizes must satisfy 1 <= prompt_lookup_min_ngram <= "
@@ -47,9 +85,17 @@ class SpecConfig:
 
     @property
     def needs_draft_model(self) -> bool:
-        return self.strategy == "chain"
+        return self.strategy != "prompt-lookup"
 
     @property
-    def draft_length_cap(self) -> int:
-        """The largest k this configuration ever drafts."""
+    def static_tree(self) -> Tree | None:
+        return self.tree if isinstance(self.tree, Tree) else None
+
+    @property
+    def max_depth(self) -> int:
+        """The deepest draft this configuration ever proposes."""
+        if self.strategy == "tree":
+            return self.static_tree.depth
+        if self.strategy == "dynamic-tree":
+            return self.tree_depth
         return self.num_draft_tokens if self.num_draft_tokens is not None else self.max_draft_tokens

@@ -17,6 +17,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from specdec.adaptive import DraftLengthController
 from specdec.config import SpecConfig
 from specdec.drafters import Drafter, ModelDrafter, PromptLookupDrafter
+from specdec.drafters.model import TreeShape
 from specdec.engine import SpeculativeEngine
 from specdec.models.loading import find_tokenizer, vocab_info
 from specdec.models.runner import CausalRunner
@@ -87,11 +88,38 @@ class SpeculativeModel:
             )
         if draft is None:
             raise ValueError(f'strategy="{self.config.strategy}" needs a draft model; got draft=None.')
+        context = self._target_runner.context_length
+        if context is not None and self.config.max_depth >= context:
+            raise ValueError(
+                f"the draft is {self.config.max_depth} tokens deep, which does not fit the target's "
+                f"context of {context} positions; use a shallower tree or fewer draft tokens."
+            )
         target_tokenizer = self.tokenizer if self.tokenizer is not None else find_tokenizer(self.target)
         if draft_tokenizer is None:
             draft_tokenizer = find_tokenizer(draft)
         check_vocabularies(vocab_info(self.target, target_tokenizer), vocab_info(draft, draft_tokenizer))
-        return ModelDrafter(draft, self._target_runner.vocab_size, self._target_runner.device)
+        return ModelDrafter(draft, self._target_runner.vocab_size, self._target_runner.device, self._shape())
+
+    def _shape(self) -> TreeShape:
+        config = self.config
+        if config.strategy == "tree":
+            return TreeShape(mode="static", tree=config.static_tree)
+        if config.strategy == "dynamic-tree":
+            return TreeShape(
+                mode="dynamic",
+                budget=config.tree_budget,
+                branch=config.tree_branch,
+                beam=config.tree_branch,
+                depth=config.tree_depth,
+            )
+        return TreeShape(mode="chain")
+
+    def _controller(self) -> DraftLengthController:
+        """Chains adapt k (unless fixed); trees draft to their own depth."""
+        config = self.config
+        if config.strategy in ("tree", "dynamic-tree"):
+            return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
+        return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
 
     # ------------------------------------------------------------------ generate
     @torch.inference_mode()
@@ -136,7 +164,7 @@ class SpeculativeModel:
 
         stats = GenerationStats()
         self.stats = stats
-        controller = DraftLengthController(self.config.max_draft_tokens, self.config.num_draft_tokens)
+        controller = self._controller()
         engine = SpeculativeEngine(self._target_runner, self._drafter, controller, pipeline, stats, generator)
         engine.begin()
 

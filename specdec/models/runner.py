@@ -114,6 +114,7 @@ class CausalRunner:
         """Roll back to the first `length` positions."""
         truncate_cache(self.cache, length)
 
+    @torch.inference_mode()
     def compact(self, start: int, rows: list[int]) -> None:
         """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
         compact_cache(self.cache, start, rows)
