@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from specdec.config import STRATEGIES, SpecConfig
 from specdec.generate import SpeculativeModel
+from specdec.models.embedded import EmbeddedPairError, heldout_code_prompts, load_embedded_pair
 from specdec.models.loading import load_causal_lm
 from specdec.stats import GenerationStats
 from specdec.vocab import VocabularyMismatchError
@@ -23,10 +24,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "EmbeddedPairError",
     "GenerationStats",
     "SpecConfig",
     "SpeculativeModel",
     "VocabularyMismatchError",
+    "heldout_code_prompts",
+    "load_embedded_pair",
     "wrap",
 ]
 
