@@ -8,6 +8,9 @@ running estimates from this generation (exponentially decayed so they follow the
 
 from __future__ import annotations
 
+from specdec.shaping import DraftPlan
+from specdec.tree import Tree
+
 
 def expected_tokens(alpha: float, k: int) -> float:
     """E(k): mean tokens committed by a step that drafts k tokens, including the target's token."""
@@ -55,6 +58,16 @@ class DraftLengthController:
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k
+
+    def plan(self) -> DraftPlan:
+        """This step's chain length (the drafter's own shape, cut at that depth)."""
+        return DraftPlan(self.choose())
+
+    def observe_step(
+        self, tree: Tree, path: tuple[int, ...], draft_time: float | None, verify_time: float | None
+    ) -> None:
+        """`observe` for a verified draft tree and its accepted path."""
+        self.observe(tree.depth, len(path), draft_time, verify_time, num_nodes=len(tree))
 
     def _predicted_verify_cost(self, num_tokens: int) -> float:
         """Measured cost of verifying this many tokens, or of the nearest size measured."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
 
-STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup")
+STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "auto")
 
 #: The static tree used by strategy="tree" when none is given: 4 + 8 + 16 + 16 = 44 nodes.
 DEFAULT_TREE = (4, 2, 2, 1)
@@ -18,7 +18,9 @@ class SpecConfig:
 
     strategy: "chain" (a draft model proposes k tokens autoregressively), "tree" (a static token
         tree), "dynamic-tree" (EAGLE-2 style, best `tree_budget` nodes by draft probability) or
-        "prompt-lookup" (n-gram matches in the prompt and generated text, no draft model).
+        "prompt-lookup" (n-gram matches in the prompt and generated text, no draft model) or "auto"
+        (chain or tree, shape and size chosen every step from measured acceptance per rank and the
+        measured cost of drafting and verifying on this hardware).
     num_draft_tokens: a fixed chain length k, or None to choose k every step from the measured
         acceptance rate and draft/verify costs (Leviathan et al., 2023, section 3.5).
     max_draft_tokens: the largest k the adaptive choice may take.
@@ -71,7 +73,7 @@ class SpecConfig:
                 value = getattr(self, name)
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if self.num_draft_tokens is not None and self.strategy in ("tree", "dynamic-tree"):
+        if self.num_draft_tokens is not None and self.strategy in ("tree", "dynamic-tree", "auto"):
             raise ValueError(
                 f'num_draft_tokens is for chains; strategy="{self.strategy}" takes its shape from '
                 "tree= or tree_budget=."

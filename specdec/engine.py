@@ -19,6 +19,7 @@ from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
 from specdec.models.runner import CausalRunner
 from specdec.sampling import LogitsPipeline, probabilities
+from specdec.shaping import AutoShapeController
 from specdec.stats import GenerationStats
 
 
@@ -43,7 +44,7 @@ class SpeculativeEngine:
         self,
         target: CausalRunner,
         drafter: Drafter,
-        controller: DraftLengthController,
+        controller: DraftLengthController | AutoShapeController,
         pipeline: LogitsPipeline,
         stats: GenerationStats,
         generator: torch.Generator | None = None,
@@ -61,10 +62,10 @@ class SpeculativeEngine:
         self.drafter.begin()
         self._steps = 0
 
-    def _draft_length(self, sequence_length: int, budget: int) -> int:
-        """k for this step: the controller's choice, capped so that no token is drafted past the
-        budget (the target adds one token itself) or past the draft model's context."""
-        k = min(self.controller.choose(), budget - 1)
+    def _draft_length(self, sequence_length: int, budget: int, planned: int) -> int:
+        """Depth for this step: the plan's, capped so that no token is drafted past the budget (the
+        target adds one token itself) or past the draft model's context."""
+        k = min(planned, budget - 1)
         draft_context = getattr(self.drafter, "context_length", None)
         if draft_context is not None:
             k = min(k, draft_context - sequence_length + 1)
@@ -73,13 +74,19 @@ class SpeculativeEngine:
     def step(self, sequence: torch.Tensor, budget: int) -> StepResult:
         """Advance by one target pass. sequence: [1, N] committed tokens; budget: tokens still allowed."""
         n_committed = sequence.shape[1]
-        max_depth = self._draft_length(n_committed, budget)
+        plan = self.controller.plan()
+        max_depth = self._draft_length(n_committed, budget, plan.max_depth)
         first = self._steps == 0
 
         # 1. propose
         t0 = time.perf_counter()
         if max_depth > 0:
-            draft = self.drafter.propose(sequence, max_depth, self.pipeline, self.generator)
+            if plan.tree is not None:
+                draft = self.drafter.propose(
+                    sequence, max_depth, self.pipeline, self.generator, tree=plan.tree
+                )
+            else:
+                draft = self.drafter.propose(sequence, max_depth, self.pipeline, self.generator)
         else:
             draft = Draft(sequence.new_empty(0))
         t1 = time.perf_counter()
@@ -111,12 +118,11 @@ class SpeculativeEngine:
         self.stats.draft_time += t1 - t0
         self.stats.verify_time += t2 - t1
         self.stats.record_step(t, tree.depth, n, n + 1)
-        self.controller.observe(
-            tree.depth,
-            n,
+        self.controller.observe_step(
+            tree,
+            path,
             None if first or not self.drafter.uses_model else t1 - t0,
             None if first else t2 - t1,
-            num_nodes=t,
         )
         self._steps += 1
         return StepResult(tokens, scores[rows], logits[rows].float(), t, n)

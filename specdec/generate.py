@@ -22,6 +22,7 @@ from specdec.engine import SpeculativeEngine
 from specdec.models.loading import find_tokenizer, vocab_info
 from specdec.models.runner import CausalRunner
 from specdec.sampling import LogitsPipeline
+from specdec.shaping import AutoShapeController
 from specdec.stats import GenerationStats
 from specdec.vocab import check_vocabularies
 
@@ -114,9 +115,11 @@ class SpeculativeModel:
             )
         return TreeShape(mode="chain")
 
-    def _controller(self) -> DraftLengthController:
-        """Chains adapt k (unless fixed); trees draft to their own depth."""
+    def _controller(self) -> DraftLengthController | AutoShapeController:
+        """Chains adapt k (unless fixed); trees draft to their own depth; auto plans every step."""
         config = self.config
+        if config.strategy == "auto":
+            return AutoShapeController(max_depth=config.max_draft_tokens)
         if config.strategy in ("tree", "dynamic-tree"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
         return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)

@@ -94,6 +94,16 @@ def test_dynamic_trees_greedy_identical(target, budget):
         assert max(spec_model.stats.draft_lengths) <= budget
 
 
+def test_auto_greedy_identical(target):
+    unrelated = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
+    for draft in (target, unrelated):
+        spec_model = specdec.wrap(target, draft, strategy="auto")
+        for seed in range(3):
+            ids = prompt(5 + seed, 400 + seed)
+            expected = target.generate(ids, max_new_tokens=40, do_sample=False)
+            assert torch.equal(spec_model.generate(ids, max_new_tokens=40), expected)
+
+
 def test_draft_equal_to_target_accepts_full_depth(target):
     spec_model = specdec.wrap(target, target, strategy="tree", tree=(3, 2, 1))
     ids = prompt(6, 7)

@@ -86,8 +86,16 @@ class ModelDrafter:
         max_depth: int,
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
+        tree: Tree | None = None,
     ) -> Draft:
-        """A tree of depth <= max_depth after `sequence` ([1, N] committed tokens)."""
+        """A tree of depth <= max_depth after `sequence` ([1, N] committed tokens); `tree` overrides
+        the drafter's own shape for this step (a static tree planned at run time)."""
+        if tree is not None:
+            saved, self.shape = self.shape, TreeShape(mode="static", tree=tree)
+            try:
+                return self.propose(sequence, max_depth, pipeline, generator)
+            finally:
+                self.shape = saved
         self._committed = sequence.shape[1]
         self._node_rows = {}
         pending = sequence[0, self.runner.length :]  # [m] committed tokens the draft has not seen

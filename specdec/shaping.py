@@ -1,0 +1,162 @@
+"""Choosing the draft tree at run time from measured acceptance and costs (layer L1).
+
+A Sequoia-like choice made online: the chance that the draft's r-th ranked candidate is the one the
+target accepts, p_r, is measured during generation (decayed counts, so it follows the text). Under that
+positional model a node is reached with probability prod(p_rank) along its path, and the best tree of
+n nodes takes the n most reachable positions (best-first growth). Among sizes n, `AutoShapeController`
+picks the tree maximising expected committed tokens per second, (1 + sum of reach) divided by the
+measured draft cost per level times depth plus the measured cost of verifying n + 1 tokens.
+A chain is the tree this gives when rank 0 dominates.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from specdec.tree import Tree
+
+
+@dataclass(frozen=True)
+class DraftPlan:
+    """What to draft this step: at most `max_depth` levels, in the shape of `tree` when given."""
+
+    max_depth: int
+    tree: Tree | None = None
+
+
+class RankAcceptance:
+    """Decayed estimate of p_r: P(the rank-r candidate is accepted | its parent was reached and it
+    was offered)."""
+
+    def __init__(
+        self, max_rank: int = 8, decay: float = 0.97, prior: tuple[float, ...] = (0.5, 0.15, 0.08, 0.05)
+    ):
+        self.decay = decay
+        self.taken = [0.0] * max_rank
+        self.offered = [0.0] * max_rank
+        for r in range(max_rank):
+            prior_p = prior[r] if r < len(prior) else prior[-1] / (r - len(prior) + 2)
+            self.taken[r] = 2.0 * prior_p
+            self.offered[r] = 2.0
+
+    def observe(self, tree: Tree, path: tuple[int, ...]) -> None:
+        self.taken = [t * self.decay for t in self.taken]
+        self.offered = [o * self.decay for o in self.offered]
+        node, level = -1, 0
+        while True:
+            kids = tree.children_of(node)
+            if not kids:
+                return
+            for r in range(min(len(kids), len(self.offered))):
+                self.offered[r] += 1.0
+            if level >= len(path):
+                return
+            child = path[level]
+            rank = tree.ranks[child]
+            if rank < len(self.taken):
+                self.taken[rank] += 1.0
+            node, level = child, level + 1
+
+    def probabilities(self) -> list[float]:
+        return [min(t / o, 1.0) if o > 0 else 0.0 for t, o in zip(self.taken, self.offered, strict=True)]
+
+
+def best_tree(p: list[float], size: int, max_depth: int) -> tuple[Tree, float]:
+    """The `size`-node tree with the largest expected accepted length under rank probabilities p,
+    no deeper than max_depth, and that expected length (the sum of the nodes' reach)."""
+    parents: list[int] = []
+    expected = 0.0
+    # heap of candidate positions: (-reach, tie, parent, rank, depth, parent_reach)
+    heap = [(-p[0], 0, -1, 0, 1, 1.0)] if p and size > 0 else []
+    tie = 1
+    while heap and len(parents) < size:
+        neg_reach, _, parent, rank, depth, parent_reach = heapq.heappop(heap)
+        parents.append(parent)
+        index = len(parents) - 1
+        reach = -neg_reach
+        expected += reach
+        if depth < max_depth:
+            heapq.heappush(heap, (-reach * p[0], tie, index, 0, depth + 1, reach))
+            tie += 1
+        if rank + 1 < len(p):
+            heapq.heappush(heap, (-parent_reach * p[rank + 1], tie, parent, rank + 1, depth, parent_reach))
+            tie += 1
+    return Tree.from_parents(parents), expected
+
+
+class CostModel:
+    """Seconds to verify n tokens: decayed mean per measured n, linear fit in between and beyond."""
+
+    def __init__(self) -> None:
+        self.by_size: dict[int, float] = {}
+
+    def observe(self, size: int, seconds: float) -> None:
+        old = self.by_size.get(size)
+        self.by_size[size] = seconds if old is None else 0.7 * old + 0.3 * seconds
+
+    def predict(self, size: int) -> float:
+        if size in self.by_size:
+            return self.by_size[size]
+        points = sorted(self.by_size.items())
+        if len(points) == 1:
+            return points[0][1]
+        n = len(points)
+        mean_x = sum(x for x, _ in points) / n
+        mean_y = sum(y for _, y in points) / n
+        var = sum((x - mean_x) ** 2 for x, _ in points)
+        slope = max(sum((x - mean_x) * (y - mean_y) for x, y in points) / var, 0.0) if var else 0.0
+        return max(mean_y + slope * (size - mean_x), 1e-9)
+
+
+class AutoShapeController:
+    """Plans each step's tree (or chain) from measured rank acceptance and measured costs."""
+
+    SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # 0: no speculation this step
+    EXPLORE = (4, 16)  # tree sizes measured first, so the cost model has two points
+    PROBE_EVERY = 8  # after this many steps without drafting, draft once to re-measure acceptance
+
+    def __init__(self, max_nodes: int = 64, max_depth: int = 8) -> None:
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self.ranks = RankAcceptance()
+        self.verify_cost = CostModel()
+        self.draft_level_cost: float | None = None
+        self._idle_steps = 0
+
+    def plan(self) -> DraftPlan:
+        p = self.ranks.probabilities()
+        measured = len(self.verify_cost.by_size)
+        if measured < len(self.EXPLORE):
+            tree, _ = best_tree(p, min(self.EXPLORE[measured], self.max_nodes), self.max_depth)
+            return DraftPlan(tree.depth, tree)
+        best, best_rate = None, -1.0
+        for size in self.SIZES:
+            if size > self.max_nodes:
+                break
+            tree, expected = best_tree(p, size, self.max_depth)
+            cost = (self.draft_level_cost or 0.0) * tree.depth + self.verify_cost.predict(size + 1)
+            rate = (1.0 + expected) / max(cost, 1e-9)
+            if rate > best_rate:
+                best, best_rate = tree, rate
+        if len(best) == 0:
+            self._idle_steps += 1
+            if self._idle_steps % self.PROBE_EVERY:
+                return DraftPlan(0)
+            best, _ = best_tree(p, 2, self.max_depth)
+        else:
+            self._idle_steps = 0
+        return DraftPlan(best.depth, best)
+
+    def observe_step(
+        self, tree: Tree, path: tuple[int, ...], draft_time: float | None, verify_time: float | None
+    ):
+        if len(tree) == 0:
+            return
+        self.ranks.observe(tree, path)
+        if draft_time is not None:
+            per_level = draft_time / max(tree.depth, 1)
+            old = self.draft_level_cost
+            self.draft_level_cost = per_level if old is None else 0.7 * old + 0.3 * per_level
+        if verify_time is not None:
+            self.verify_cost.observe(len(tree) + 1, verify_time)

@@ -1,0 +1,91 @@
+"""Run-time tree shaping: best tree under rank probabilities, cost model, the auto controller."""
+
+import itertools
+
+import pytest
+
+from specdec.shaping import AutoShapeController, CostModel, RankAcceptance, best_tree
+from specdec.tree import Tree
+
+
+def _reach_sum(tree: Tree, p):
+    total = 0.0
+    for node in range(len(tree)):
+        reach = 1.0
+        for n in tree.path_to(node):
+            reach *= p[tree.ranks[n]]
+        total += reach
+    return total
+
+
+def _all_trees(size, max_depth):
+    """Every tree of `size` nodes as parent lists in topological order (small sizes only)."""
+    for parents in itertools.product(*[range(-1, i) for i in range(size)]):
+        try:
+            tree = Tree.from_parents(parents)
+        except ValueError:
+            continue
+        if tree.depth <= max_depth:
+            yield tree
+
+
+@pytest.mark.parametrize("p", [[0.9, 0.05], [0.5, 0.3, 0.1], [0.3, 0.3, 0.3], [0.7, 0.2, 0.05, 0.01]])
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_best_tree_is_optimal_by_brute_force(p, size):
+    tree, expected = best_tree(p, size, max_depth=4)
+    assert len(tree) == size
+    assert expected == pytest.approx(_reach_sum(tree, p))
+    best = max(
+        _reach_sum(t, p) for t in _all_trees(size, 4) if max(len(k) for k in t.children.values()) <= len(p)
+    )
+    assert expected == pytest.approx(best)
+
+
+def test_best_tree_shapes():
+    chain, _ = best_tree([0.95, 0.01], 5, max_depth=8)
+    assert chain.is_chain
+    wide, _ = best_tree([0.3, 0.3, 0.3, 0.05], 3, max_depth=8)
+    assert wide.parents == (-1, -1, -1)
+    capped, _ = best_tree([0.99, 0.5], 6, max_depth=2)
+    assert capped.depth == 2
+
+
+def test_rank_acceptance_counts_the_accepted_rank():
+    ranks = RankAcceptance(max_rank=3, decay=1.0, prior=(0.5, 0.5, 0.5))
+    tree = Tree.from_parents([-1, -1, 0, 0])  # root: ranks 0, 1; node 0: ranks 0, 1
+    for _ in range(100):
+        ranks.observe(tree, (1,))  # rank 1 accepted at the root; node 1 has no children
+    p = ranks.probabilities()
+    assert p[0] < 0.05 and p[1] > 0.95
+
+
+def test_cost_model_interpolates_linearly():
+    model = CostModel()
+    model.observe(5, 0.010)
+    assert model.predict(20) == pytest.approx(0.010)  # one point: flat
+    model.observe(17, 0.022)
+    assert model.predict(11) == pytest.approx(0.016)
+    assert model.predict(33) == pytest.approx(0.038)
+
+
+def _run(controller, accept_rank0, steps=40, draft=0.001, verify=lambda n: 0.01 + 0.0005 * n):
+    for _ in range(steps):
+        plan = controller.plan()
+        tree = plan.tree if plan.tree is not None else Tree.from_parents([])
+        path = []
+        node = -1
+        while tree.children_of(node) and accept_rank0:
+            node = tree.children_of(node)[0]
+            path.append(node)
+        controller.observe_step(tree, tuple(path), draft * max(tree.depth, 1), verify(len(tree) + 1))
+    return controller.plan()
+
+
+def test_auto_drafts_deep_when_rank0_is_always_accepted():
+    plan = _run(AutoShapeController(max_depth=8), accept_rank0=True)
+    assert plan.tree is not None and plan.tree.depth == 8
+
+
+def test_auto_stops_drafting_when_nothing_is_accepted_and_drafting_costs():
+    plan = _run(AutoShapeController(max_depth=8), accept_rank0=False, draft=0.02)
+    assert plan.max_depth == 0
