@@ -8,6 +8,7 @@ running estimates from this generation (exponentially decayed so they follow the
 
 from __future__ import annotations
 
+from specdec.costs import CostProfile
 from specdec.shaping import DraftPlan
 from specdec.tree import Tree
 
@@ -20,7 +21,12 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 
 class DraftLengthController:
-    """Fixed k when `fixed_k` is set; otherwise the k with the best expected tokens per second."""
+    """Fixed k when `fixed_k` is set; otherwise the k with the best expected tokens per second.
+
+    costs: a measured CostProfile; when given, costs are not re-measured during generation, so the
+    k schedule depends only on acceptance (reproducible seeded sampling). Without it, costs are
+    running estimates of this generation's own step times.
+    """
 
     def __init__(
         self,
@@ -30,7 +36,9 @@ class DraftLengthController:
         prior_alpha: float = 0.6,
         prior_weight: float = 2.0,
         decay: float = 0.9,
+        costs: CostProfile | None = None,
     ) -> None:
+        self.costs = costs
         self.max_k = max_k
         self.fixed_k = fixed_k
         self.initial_k = min(initial_k, max_k)
@@ -47,13 +55,16 @@ class DraftLengthController:
     def choose(self) -> int:
         if self.fixed_k is not None:
             return self.fixed_k
-        if not self._verify_cost:
+        if self.costs is None and not self._verify_cost:
             return self.initial_k
         alpha = min(self.alpha, 0.999)
-        draft_cost = self._draft_cost or 0.0
+        if self.costs is not None:
+            draft_cost, verify_cost = self.costs.draft_level_seconds, self.costs.verify
+        else:
+            draft_cost, verify_cost = self._draft_cost or 0.0, self._predicted_verify_cost
         best_k, best_rate = 1, -1.0
         for k in range(1, self.max_k + 1):
-            cost = k * draft_cost + self._predicted_verify_cost(k + 1)
+            cost = k * draft_cost + verify_cost(k + 1)
             rate = expected_tokens(alpha, k) / max(cost, 1e-9)
             if rate > best_rate:
                 best_k, best_rate = k, rate
@@ -93,6 +104,8 @@ class DraftLengthController:
         trials = num_accepted + (1 if num_accepted < num_drafted else 0)
         self._accepted = self._accepted * self.decay + num_accepted
         self._trials = self._trials * self.decay + trials
+        if self.costs is not None:
+            return
         if draft_time is not None:
             per_token = draft_time / num_drafted
             self._draft_cost = (

@@ -15,7 +15,9 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from specdec.adaptive import DraftLengthController
+from specdec.calibration import measure_costs
 from specdec.config import SpecConfig
+from specdec.costs import CostProfile
 from specdec.drafters import Drafter, ModelDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
 from specdec.engine import SpeculativeEngine
@@ -77,6 +79,9 @@ class SpeculativeModel:
         self.config = config
         self.tokenizer = tokenizer
         self.stats: GenerationStats | None = None
+        #: Measured draft/verify costs that adaptive strategies plan with; measured at the first
+        #: generate() that needs it and then kept (set it to reuse a profile across processes).
+        self.cost_profile: CostProfile | None = None
         self._target_runner = CausalRunner(target)
         self._drafter = self._make_drafter(draft, draft_tokenizer)
 
@@ -119,10 +124,18 @@ class SpeculativeModel:
         """Chains adapt k (unless fixed); trees draft to their own depth; auto plans every step."""
         config = self.config
         if config.strategy == "auto":
-            return AutoShapeController(max_depth=config.max_draft_tokens)
+            return AutoShapeController(max_depth=config.max_draft_tokens, costs=self._costs(65))
         if config.strategy in ("tree", "dynamic-tree"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
-        return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
+        if config.num_draft_tokens is not None:
+            return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
+        costs = self._costs(config.max_draft_tokens + 1)
+        return DraftLengthController(config.max_draft_tokens, costs=costs)
+
+    def _costs(self, max_verify_tokens: int) -> CostProfile:
+        if self.cost_profile is None:
+            self.cost_profile = measure_costs(self._target_runner, self._drafter, max_verify_tokens)
+        return self.cost_profile
 
     # ------------------------------------------------------------------ generate
     @torch.inference_mode()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from specdec.costs import CostProfile
 from specdec.tree import Tree
 
 
@@ -116,7 +117,10 @@ class AutoShapeController:
     EXPLORE = (4, 16)  # tree sizes measured first, so the cost model has two points
     PROBE_EVERY = 8  # after this many steps without drafting, draft once to re-measure acceptance
 
-    def __init__(self, max_nodes: int = 64, max_depth: int = 8) -> None:
+    def __init__(self, max_nodes: int = 64, max_depth: int = 8, costs: CostProfile | None = None) -> None:
+        """costs: a measured CostProfile (fixed during generation, for reproducible seeded sampling);
+        without it costs are measured from this generation's own steps, exploring sizes 4 and 16 first."""
+        self.costs = costs
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.ranks = RankAcceptance()
@@ -127,7 +131,7 @@ class AutoShapeController:
     def plan(self) -> DraftPlan:
         p = self.ranks.probabilities()
         measured = len(self.verify_cost.by_size)
-        if measured < len(self.EXPLORE):
+        if self.costs is None and measured < len(self.EXPLORE):
             tree, _ = best_tree(p, min(self.EXPLORE[measured], self.max_nodes), self.max_depth)
             return DraftPlan(tree.depth, tree)
         best, best_rate = None, -1.0
@@ -135,7 +139,10 @@ class AutoShapeController:
             if size > self.max_nodes:
                 break
             tree, expected = best_tree(p, size, self.max_depth)
-            cost = (self.draft_level_cost or 0.0) * tree.depth + self.verify_cost.predict(size + 1)
+            if self.costs is not None:
+                cost = self.costs.draft_level_seconds * tree.depth + self.costs.verify(size + 1)
+            else:
+                cost = (self.draft_level_cost or 0.0) * tree.depth + self.verify_cost.predict(size + 1)
             rate = (1.0 + expected) / max(cost, 1e-9)
             if rate > best_rate:
                 best, best_rate = tree, rate
@@ -154,6 +161,8 @@ class AutoShapeController:
         if len(tree) == 0:
             return
         self.ranks.observe(tree, path)
+        if self.costs is not None:
+            return
         if draft_time is not None:
             per_level = draft_time / max(tree.depth, 1)
             old = self.draft_level_cost

@@ -89,3 +89,13 @@ def test_auto_drafts_deep_when_rank0_is_always_accepted():
 def test_auto_stops_drafting_when_nothing_is_accepted_and_drafting_costs():
     plan = _run(AutoShapeController(max_depth=8), accept_rank0=False, draft=0.02)
     assert plan.max_depth == 0
+
+
+def test_cost_profile_interpolation():
+    from specdec.costs import CostProfile
+
+    profile = CostProfile(draft_level_seconds=0.001, verify_seconds={1: 0.010, 5: 0.014, 9: 0.022})
+    assert profile.verify(1) == pytest.approx(0.010)
+    assert profile.verify(3) == pytest.approx(0.012)
+    assert profile.verify(7) == pytest.approx(0.018)
+    assert profile.verify(13) == pytest.approx(0.030)  # the last slope continues

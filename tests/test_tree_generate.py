@@ -5,6 +5,7 @@ import torch
 
 import specdec
 from specdec.cache import _get, _layers
+from specdec.costs import CostProfile
 from specdec.models.runner import CausalRunner
 from specdec.tree import Tree
 from tests.test_generate_sampling import SAMPLE_KWARGS, V, chi_square_pvalue, exact_joint, sample_pairs
@@ -123,12 +124,14 @@ def test_tree_processors_see_each_nodes_own_path(target):
 
 
 @pytest.mark.parametrize(
-    "strategy, extra", [("tree", dict(tree=(4, 2))), ("dynamic-tree", dict(tree_budget=6))]
+    "strategy, extra", [("tree", dict(tree=(4, 2))), ("dynamic-tree", dict(tree_budget=6)), ("auto", {})]
 )
 def test_tree_sampling_follows_target_distribution(strategy, extra):
     small_target = tiny_llama(vocab=V, seed=0, init=0.1)
     draft = tiny_llama(vocab=V, hidden=32, layers=1, heads=2, kv_heads=1, seed=5)
     spec_model = specdec.wrap(small_target, draft, strategy=strategy, **extra)
+    if strategy == "auto":  # costs under which drafting pays, so auto verifies trees here
+        spec_model.cost_profile = CostProfile(draft_level_seconds=1e-4, verify_seconds={1: 0.01, 65: 0.012})
     ids = prompt(5, 3, vocab=V)
     joint = exact_joint(small_target, ids, **SAMPLE_KWARGS)
     counts = sample_pairs(spec_model, ids, draws=1200, seed=9, **SAMPLE_KWARGS)

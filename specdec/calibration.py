@@ -1,0 +1,72 @@
+"""Measuring a CostProfile with a few dummy forward passes of the target and the drafter (layer L5)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import GenerationConfig
+
+from specdec.costs import CostProfile
+from specdec.drafters.base import Drafter
+from specdec.models.runner import CausalRunner
+from specdec.sampling import LogitsPipeline
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def measure_costs(
+    target: CausalRunner,
+    drafter: Drafter,
+    max_verify_tokens: int,
+    repeats: int = 3,
+    prompt_tokens: int = 32,
+) -> CostProfile:
+    """Time target verification of 1, 2, 3, 5, 9, ... tokens (up to max_verify_tokens, with an explicit
+    attention mask as trees use) after a short dummy prompt, and one draft level (a 4-token chain of
+    the drafter, divided by 4). Leaves both caches empty."""
+    context = target.context_length or 4096
+    prompt_tokens = max(1, min(prompt_tokens, context - max_verify_tokens - 1))
+    vocab = target.vocab_size
+    prompt = (torch.arange(prompt_tokens) * 5 % max(vocab - 3, 1) + 3).to(target.device)  # [P]
+    sizes = [n for n in (1, 2, 3, 5, 9, 17, 33, 65, 129) if n <= max(max_verify_tokens, 1)]
+    profile = CostProfile()
+    target.reset()
+    target.extend(prompt, num_logits=1)
+    for n in sizes:
+        tokens = (torch.arange(n) * 7 % max(vocab - 3, 1) + 3).to(target.device)  # [n]
+        positions = torch.arange(prompt_tokens, prompt_tokens + n)
+        mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
+        times = []
+        for _ in range(repeats + 1):  # the first run warms up
+            _synchronize(target.device)
+            start = time.perf_counter()
+            target.extend(tokens, num_logits=n, positions=positions, attention=mask)
+            _synchronize(target.device)
+            times.append(time.perf_counter() - start)
+            target.truncate(prompt_tokens)
+        profile.verify_seconds[n] = _median(times[1:])
+    target.reset()
+
+    if getattr(drafter, "uses_model", False):
+        pipeline = LogitsPipeline(GenerationConfig(do_sample=False), prompt_tokens, [])
+        sequence = prompt[None]  # [1, P]
+        drafter.begin()
+        times = []
+        for _ in range(repeats + 1):
+            drafter.observe(prompt_tokens - 1, ())  # the draft has seen all but the last token
+            start = time.perf_counter()
+            drafter.propose(sequence, 4, pipeline, None)
+            _synchronize(target.device)
+            times.append((time.perf_counter() - start) / 4)
+        profile.draft_level_seconds = _median(times[1:])
+        drafter.begin()
+    return profile

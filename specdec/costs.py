@@ -1,0 +1,31 @@
+"""Measured costs of drafting and verifying, used to choose draft shapes (layer L1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CostProfile:
+    """Seconds per draft level and per target verification of n tokens, measured on this hardware.
+
+    A profile is measured once per SpeculativeModel and then fixed, so that the draft shapes chosen
+    during a seeded sampling run depend only on the random draws, and the run is reproducible.
+    """
+
+    draft_level_seconds: float = 0.0
+    verify_seconds: dict[int, float] = field(default_factory=dict)
+
+    def verify(self, num_tokens: int) -> float:
+        """Seconds to verify `num_tokens`: piecewise-linear between measured sizes, linear beyond."""
+        points = sorted(self.verify_seconds.items())
+        if not points:
+            return 1.0
+        if len(points) == 1 or num_tokens <= points[0][0]:
+            return points[0][1]
+        for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+            if num_tokens <= x1:
+                return y0 + (y1 - y0) * (num_tokens - x0) / (x1 - x0)
+        (x0, y0), (x1, y1) = points[-2], points[-1]
+        slope = max((y1 - y0) / (x1 - x0), 0.0)
+        return y1 + slope * (num_tokens - x1)
