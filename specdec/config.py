@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
 
-STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "auto")
+STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "auto", "none")
 
 #: The static tree used by strategy="tree" when none is given: 4 + 8 + 16 + 16 = 44 nodes.
 DEFAULT_TREE = (4, 2, 2, 1)
@@ -20,7 +20,8 @@ class SpecConfig:
         tree), "dynamic-tree" (EAGLE-2 style, best `tree_budget` nodes by draft probability) or
         "prompt-lookup" (n-gram matches in the prompt and generated text, no draft model) or "auto"
         (chain or tree, shape and size chosen every step from measured acceptance per rank and the
-        measured cost of drafting and verifying on this hardware).
+        measured cost of drafting and verifying on this hardware) or "none" (no drafting: the target
+        alone through specdec's runner, a baseline that separates runtime gains from speculation).
     num_draft_tokens: a fixed chain length k, or None to choose k every step from the measured
         acceptance rate and draft/verify costs (Leviathan et al., 2023, section 3.5).
     max_draft_tokens: the largest k the adaptive choice may take.
@@ -87,7 +88,7 @@ class SpecConfig:
 
     @property
     def needs_draft_model(self) -> bool:
-        return self.strategy != "prompt-lookup"
+        return self.strategy not in ("prompt-lookup", "none")
 
     @property
     def static_tree(self) -> Tree | None:

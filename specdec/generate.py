@@ -18,7 +18,7 @@ from specdec.adaptive import DraftLengthController
 from specdec.calibration import measure_costs
 from specdec.config import SpecConfig
 from specdec.costs import CostProfile
-from specdec.drafters import Drafter, ModelDrafter, PromptLookupDrafter
+from specdec.drafters import Drafter, ModelDrafter, NoDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
 from specdec.engine import SpeculativeEngine
 from specdec.models.loading import find_tokenizer, vocab_info
@@ -86,9 +86,11 @@ class SpeculativeModel:
         self._drafter = self._make_drafter(draft, draft_tokenizer)
 
     def _make_drafter(self, draft: PreTrainedModel | None, draft_tokenizer) -> Drafter:
+        if not self.config.needs_draft_model and draft is not None:
+            raise ValueError(f'strategy="{self.config.strategy}" uses no draft model; pass draft=None.')
+        if self.config.strategy == "none":
+            return NoDrafter()
         if self.config.strategy == "prompt-lookup":
-            if draft is not None:
-                raise ValueError('strategy="prompt-lookup" uses no draft model; pass draft=None.')
             return PromptLookupDrafter(
                 self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram
             )
@@ -127,6 +129,8 @@ class SpeculativeModel:
             return AutoShapeController(max_depth=config.max_draft_tokens, costs=self._costs(65))
         if config.strategy in ("tree", "dynamic-tree"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
+        if config.strategy == "none":
+            return DraftLengthController(1, fixed_k=0)
         if config.num_draft_tokens is not None:
             return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
         costs = self._costs(config.max_draft_tokens + 1)

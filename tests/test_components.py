@@ -22,13 +22,18 @@ def test_runner_rollback_gives_the_logits_of_a_fresh_forward():
     assert torch.allclose(got, full, atol=1e-5)
 
 
-def test_find_continuation_prefers_longest_then_latest_match():
+def test_find_continuation_prefers_longest_then_latest_full_match():
     seq = torch.tensor([1, 2, 3, 9, 9, 5, 2, 3, 4, 4, 7, 1, 2, 3])
     # last 3 tokens [1, 2, 3] occur at 0 -> continuation [9, 9, 5]
     assert find_continuation(seq, 3, 3, 1).tolist() == [9, 9, 5]
     seq2 = torch.tensor([2, 3, 4, 8, 2, 3, 6, 1, 2, 3])
-    # [1,2,3] does not occur earlier; [2,3] occurs at 0 and 4 -> latest: continuation after index 5
+    # [1,2,3] does not occur earlier; [2,3] occurs at 0 and 4 -> latest with 2 tokens after it
     assert find_continuation(seq2, 2, 3, 1).tolist() == [6, 1]
+    # a loop: the latest match has 1 token after it, an earlier one has k
+    loop = torch.tensor([7, 5, 5, 5, 5, 5, 5])
+    assert find_continuation(loop, 3, 1, 1).tolist() == [5, 5, 5]
+    # no match with k tokens after it: the earliest match gives the longest continuation
+    assert find_continuation(torch.tensor([4, 6, 8, 4, 6, 9, 4]), 5, 1, 1).tolist() == [6, 8, 4, 6, 9]
     assert find_continuation(torch.tensor([4, 5, 6]), 3, 3, 1).numel() == 0
     assert find_continuation(torch.tensor([4]), 3, 3, 1).numel() == 0
 

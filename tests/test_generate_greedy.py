@@ -197,3 +197,10 @@ def test_consecutive_calls_reuse_the_model_correctly(target, unrelated_draft):
     for seed in range(4):
         ids = prompt(3 + seed, 100 + seed)
         assert torch.equal(spec.generate(ids, max_new_tokens=12), reference(target, ids, max_new_tokens=12))
+
+
+def test_no_speculation_baseline_matches_target(target):
+    ids = prompt(5, 110)
+    spec = specdec.wrap(target, None, strategy="none")
+    assert torch.equal(spec.generate(ids, max_new_tokens=15), reference(target, ids, max_new_tokens=15))
+    assert spec.stats.drafted_tokens == 0 and spec.stats.target_passes == 15

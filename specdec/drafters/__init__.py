@@ -2,6 +2,6 @@
 
 from specdec.drafters.base import Draft, Drafter
 from specdec.drafters.model import ModelDrafter
-from specdec.drafters.prompt_lookup import PromptLookupDrafter
+from specdec.drafters.prompt_lookup import NoDrafter, PromptLookupDrafter
 
-__all__ = ["Draft", "Drafter", "ModelDrafter", "PromptLookupDrafter"]
+__all__ = ["Draft", "Drafter", "ModelDrafter", "NoDrafter", "PromptLookupDrafter"]

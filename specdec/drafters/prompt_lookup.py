@@ -9,18 +9,21 @@ from specdec.sampling import LogitsPipeline
 
 
 def find_continuation(sequence: torch.Tensor, k: int, max_ngram: int, min_ngram: int) -> torch.Tensor:
-    """Tokens that followed the most recent earlier occurrence of the sequence's last n tokens.
+    """Tokens that followed an earlier occurrence of the sequence's last n tokens.
 
-    sequence: [N] long. Tries n = max_ngram down to min_ngram and returns up to k tokens ([<= k]);
+    sequence: [N] long. Tries n = max_ngram down to min_ngram. Among the matches of the longest n that
+    matches, takes the most recent one that still has k tokens after it (recent text is the likeliest
+    to repeat), else the earliest (it has the longest continuation). Returns up to k tokens ([<= k]);
     empty when nothing matches.
     """
     length = sequence.shape[0]
     for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
         pattern = sequence[-n:]  # [n]
         windows = sequence[:-1].unfold(0, n, 1)  # [N - n, n]; excludes the suffix itself
-        hits = (windows == pattern).all(dim=1).nonzero().flatten()  # [h]
+        hits = (windows == pattern).all(dim=1).nonzero().flatten()  # [h] match starts, ascending
         if hits.numel():
-            start = int(hits[-1].item()) + n
+            full = hits[hits + n + k <= length]
+            start = int(full[-1] if full.numel() else hits[0]) + n
             return sequence[start : start + k]
     return sequence.new_empty(0)
 
@@ -51,6 +54,23 @@ class PromptLookupDrafter:
         generator: torch.Generator | None,
     ) -> Draft:
         return Draft(find_continuation(sequence[0], max_depth, self.max_ngram, self.min_ngram), None)
+
+    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+        """Stateless."""
+
+
+class NoDrafter:
+    """Proposes nothing: every step is a plain target decode through specdec's runner (a baseline)."""
+
+    name = "none"
+    uses_model = False
+    context_length = None
+
+    def begin(self) -> None:
+        """Stateless."""
+
+    def propose(self, sequence, max_depth, pipeline, generator) -> Draft:
+        return Draft(sequence.new_empty(0))
 
     def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
         """Stateless."""

@@ -1,0 +1,211 @@
+"""Speed benchmarks: every method on the same prompts in one process (layer L7).
+
+Each method is a function `ids -> (output ids, GenerationStats | None)`. Baselines are transformers'
+own `generate()` (target alone, assisted generation, prompt lookup); the rest are specdec strategies.
+Warm-up runs are excluded; each (method, prompt) is timed `repeats` times and the median kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+import specdec
+from specdec.stats import GenerationStats
+
+Method = Callable[[torch.Tensor], tuple[torch.Tensor, GenerationStats | None]]
+
+BASELINES = ("target", "hf-assisted", "hf-prompt-lookup", "specdec-no-speculation")
+
+
+@dataclass
+class RunResult:
+    """One method on one prompt (median of repeats)."""
+
+    method: str
+    prompt: int
+    new_tokens: int
+    seconds: float
+    tau: float | None = None
+    acceptance_per_depth: list[float] = field(default_factory=list)
+    draft_seconds: float | None = None
+    verify_seconds: float | None = None
+    identical_to_target: bool | None = None
+    distinct_4gram_ratio: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def distinct_ngram_ratio(tokens: Sequence[int], n: int = 4) -> float:
+    """Distinct n-grams / all n-grams of the generated tokens (1.0: no repetition)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def baseline_methods(target, draft, names: Sequence[str], gen_kwargs: dict) -> dict[str, Method]:
+    """transformers' own decoding methods (and specdec's runner with speculation off)."""
+    methods: dict[str, Method] = {}
+    for name in names:
+        if name == "target":
+            methods[name] = lambda ids: (target.generate(ids, **gen_kwargs), None)
+        elif name == "hf-assisted":
+            methods[name] = lambda ids: (target.generate(ids, assistant_model=draft, **gen_kwargs), None)
+        elif name.startswith("hf-assisted-k"):
+            k = int(name.removeprefix("hf-assisted-k"))
+
+            def assisted(ids, k=k):
+                draft.generation_config.num_assistant_tokens = k
+                draft.generation_config.num_assistant_tokens_schedule = "constant"
+                try:
+                    return target.generate(ids, assistant_model=draft, **gen_kwargs), None
+                finally:
+                    draft.generation_config.num_assistant_tokens = 20
+                    draft.generation_config.num_assistant_tokens_schedule = "constant"
+
+            methods[name] = assisted
+        elif name == "hf-prompt-lookup":
+            methods[name] = lambda ids: (
+                target.generate(ids, prompt_lookup_num_tokens=10, **gen_kwargs),
+                None,
+            )
+        elif name == "specdec-no-speculation":
+            spec = specdec.wrap(target, None, strategy="none")
+
+            def plain(ids, spec=spec):
+                return spec.generate(ids, **gen_kwargs), spec.stats
+
+            methods[name] = plain
+        else:
+            raise ValueError(
+                f"unknown baseline {name!r}; choose from {', '.join(BASELINES)} or hf-assisted-kN."
+            )
+    return methods
+
+
+def strategy_methods(target, draft, strategies: Sequence[str], gen_kwargs: dict) -> dict[str, Method]:
+    """specdec strategies, one SpeculativeModel each (caches and cost profiles reused across calls)."""
+    methods: dict[str, Method] = {}
+    for strategy in strategies:
+        spec = specdec.wrap(target, None if strategy == "prompt-lookup" else draft, strategy=strategy)
+
+        def run(ids, spec=spec):
+            return spec.generate(ids, **gen_kwargs), spec.stats
+
+        methods[f"specdec-{strategy}"] = run
+    return methods
+
+
+def run_benchmark(
+    methods: dict[str, Method],
+    prompts: Sequence[torch.Tensor],
+    repeats: int = 1,
+    reference: str | None = "target",
+    progress: Callable[[str], None] | None = None,
+) -> list[RunResult]:
+    """Time every method on every prompt ([1, L] ids each); warm-up on the first prompt excluded.
+
+    reference: the method whose outputs the others are compared with (greedy: identical expected).
+    """
+    for method in methods.values():  # warm-up: first-call allocations, cost calibration
+        method(prompts[0][:, : min(prompts[0].shape[1], 16)])
+    results: list[RunResult] = []
+    outputs: dict[tuple[str, int], torch.Tensor] = {}
+    total = len(methods) * len(prompts)
+    done = 0
+    for p_index, ids in enumerate(prompts):
+        for name, method in methods.items():
+            times, stats, out = [], None, None
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out, stats = method(ids)
+                times.append(time.perf_counter() - start)
+            new = out[0, ids.shape[1] :].tolist()
+            outputs[(name, p_index)] = out
+            result = RunResult(
+                method=name,
+                prompt=p_index,
+                new_tokens=len(new),
+                seconds=statistics.median(times),
+                distinct_4gram_ratio=distinct_ngram_ratio(new),
+            )
+            if stats is not None:
+                result.tau = stats.tau
+                result.acceptance_per_depth = stats.acceptance_per_position
+                result.draft_seconds = stats.draft_time
+                result.verify_seconds = stats.verify_time
+            results.append(result)
+            done += 1
+            if progress is not None:
+                progress(f"[{done}/{total}] prompt {p_index} {name}: {result.tokens_per_second:.1f} tok/s")
+    if reference is not None and reference in methods:
+        for result in results:
+            ref = outputs[(reference, result.prompt)]
+            result.identical_to_target = bool(torch.equal(outputs[(result.method, result.prompt)], ref))
+    return results
+
+
+def summarize(results: Sequence[RunResult], reference: str = "target") -> list[dict]:
+    """Per method: total tokens / total seconds over prompts, speedup vs reference, mean tau."""
+    by_method: dict[str, list[RunResult]] = {}
+    for result in results:
+        by_method.setdefault(result.method, []).append(result)
+    base = by_method.get(reference)
+    base_rate = sum(r.new_tokens for r in base) / sum(r.seconds for r in base) if base else None
+    rows = []
+    for name, runs in by_method.items():
+        rate = sum(r.new_tokens for r in runs) / sum(r.seconds for r in runs)
+        taus = [r.tau for r in runs if r.tau is not None]
+        identical = [r.identical_to_target for r in runs if r.identical_to_target is not None]
+        depth = max((len(r.acceptance_per_depth) for r in runs), default=0)
+        per_depth = []
+        for d in range(depth):
+            values = [r.acceptance_per_depth[d] for r in runs if len(r.acceptance_per_depth) > d]
+            per_depth.append(sum(values) / len(values))
+        draft = [r.draft_seconds for r in runs if r.draft_seconds is not None]
+        verify = [r.verify_seconds for r in runs if r.verify_seconds is not None]
+        total_seconds = sum(r.seconds for r in runs)
+        rows.append(
+            {
+                "method": name,
+                "tokens_per_second": rate,
+                "speedup": rate / base_rate if base_rate else None,
+                "tau": sum(taus) / len(taus) if taus else None,
+                "acceptance_per_depth": per_depth,
+                "draft_share": sum(draft) / total_seconds if draft else None,
+                "verify_share": sum(verify) / total_seconds if verify else None,
+                "identical": f"{sum(identical)}/{len(identical)}" if identical else "",
+                "distinct_4gram": sum(r.distinct_4gram_ratio for r in runs) / len(runs),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    lines = [
+        "| method | tokens/s | speedup | tau | accept. per depth | draft / verify time | identical "
+        "| distinct 4-grams |",
+        "|---|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for row in rows:
+        speedup = f"{row['speedup']:.2f}x" if row["speedup"] is not None else ""
+        tau = f"{row['tau']:.2f}" if row["tau"] is not None else ""
+        depth = " ".join(f"{a:.2f}" for a in row["acceptance_per_depth"][:8])
+        split = ""
+        if row["draft_share"] is not None:
+            split = f"{100 * row['draft_share']:.0f}% / {100 * row['verify_share']:.0f}%"
+        lines.append(
+            f"| {row['method']} | {row['tokens_per_second']:.1f} | {speedup} | {tau} | {depth} | {split} | "
+            f"{row['identical']} | {row['distinct_4gram']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def results_json(results: Sequence[RunResult], rows: Sequence[dict], meta: dict) -> dict:
+    runs = [asdict(r) | {"tokens_per_second": r.tokens_per_second} for r in results]
+    return {"meta": meta, "summary": list(rows), "runs": runs}
