@@ -202,5 +202,6 @@ def test_consecutive_calls_reuse_the_model_correctly(target, unrelated_draft):
 def test_no_speculation_baseline_matches_target(target):
     ids = prompt(5, 110)
     spec = specdec.wrap(target, None, strategy="none")
-    assert torch.equal(spec.generate(ids, max_new_tokens=15), reference(target, ids, max_new_tokens=15))
+    out = spec.generate(ids, max_new_tokens=15, eos_token_id=None)
+    assert torch.equal(out, reference(target, ids, max_new_tokens=15, eos_token_id=None))
     assert spec.stats.drafted_tokens == 0 and spec.stats.target_passes == 15
