@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
 
-STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "auto", "none")
+STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "hybrid", "auto", "none")
 
 #: The static tree used by strategy="tree" when none is given: 4 + 8 + 16 + 16 = 44 nodes.
 DEFAULT_TREE = (4, 2, 2, 1)
@@ -18,7 +18,8 @@ class SpecConfig:
 
     strategy: "chain" (a draft model proposes k tokens autoregressively), "tree" (a static token
         tree), "dynamic-tree" (EAGLE-2 style, best `tree_budget` nodes by draft probability) or
-        "prompt-lookup" (n-gram matches in the prompt and generated text, no draft model) or "auto"
+        "prompt-lookup" (n-gram matches in the prompt and generated text, no draft model), "hybrid"
+        (n-gram and draft-model candidates merged into one tree) or "auto"
         (chain or tree, shape and size chosen every step from measured acceptance per rank and the
         measured cost of drafting and verifying on this hardware) or "none" (no drafting: the target
         alone through specdec's runner, a baseline that separates runtime gains from speculation).
@@ -61,10 +62,16 @@ class SpecConfig:
             object.__setattr__(
                 self, "tree", parse_tree_spec(DEFAULT_TREE if self.tree is None else self.tree)
             )
-        if self.tree_budget is not None and self.strategy != "dynamic-tree":
+        if self.tree_budget is not None and self.strategy not in ("dynamic-tree", "hybrid"):
             raise ValueError(
-                f'tree_budget= is only used with strategy="dynamic-tree", not strategy="{self.strategy}".'
+                'tree_budget= is only used with strategy="dynamic-tree" or "hybrid", '
+                f'not strategy="{self.strategy}".'
             )
+        if self.strategy == "hybrid" and self.tree_budget is not None:
+            if not isinstance(self.tree_budget, int) or not 1 <= self.tree_budget <= MAX_TREE_NODES:
+                raise ValueError(
+                    f"tree_budget must be an integer in [1, {MAX_TREE_NODES}], got {self.tree_budget!r}."
+                )
         if self.strategy == "dynamic-tree":
             budget = 32 if self.tree_budget is None else self.tree_budget
             if not isinstance(budget, int) or not 1 <= budget <= MAX_TREE_NODES:
@@ -74,7 +81,7 @@ class SpecConfig:
                 value = getattr(self, name)
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if self.num_draft_tokens is not None and self.strategy in ("tree", "dynamic-tree", "auto"):
+        if self.num_draft_tokens is not None and self.strategy in ("tree", "dynamic-tree", "hybrid", "auto"):
             raise ValueError(
                 f'num_draft_tokens is for chains; strategy="{self.strategy}" takes its shape from '
                 "tree= or tree_budget=."

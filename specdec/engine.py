@@ -118,6 +118,8 @@ class SpeculativeEngine:
         self.stats.draft_time += t1 - t0
         self.stats.verify_time += t2 - t1
         self.stats.record_step(t, tree.depth, n, n + 1)
+        if draft.sources is not None:
+            self.stats.record_sources(draft.sources, path)
         self.controller.observe_step(
             tree,
             path,

@@ -18,7 +18,7 @@ from specdec.adaptive import DraftLengthController
 from specdec.calibration import measure_costs
 from specdec.config import SpecConfig
 from specdec.costs import CostProfile
-from specdec.drafters import Drafter, ModelDrafter, NoDrafter, PromptLookupDrafter
+from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
 from specdec.engine import SpeculativeEngine
 from specdec.models.loading import find_tokenizer, vocab_info
@@ -106,7 +106,13 @@ class SpeculativeModel:
         if draft_tokenizer is None:
             draft_tokenizer = find_tokenizer(draft)
         check_vocabularies(vocab_info(self.target, target_tokenizer), vocab_info(draft, draft_tokenizer))
-        return ModelDrafter(draft, self._target_runner.vocab_size, self._target_runner.device, self._shape())
+        model = ModelDrafter(draft, self._target_runner.vocab_size, self._target_runner.device, self._shape())
+        if self.config.strategy == "hybrid":
+            lookup = PromptLookupDrafter(
+                self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram
+            )
+            return HybridDrafter(model, lookup, model_budget=self.config.tree_budget or 16)
+        return model
 
     def _shape(self) -> TreeShape:
         config = self.config
@@ -127,7 +133,7 @@ class SpeculativeModel:
         config = self.config
         if config.strategy == "auto":
             return AutoShapeController(max_depth=config.max_draft_tokens, costs=self._costs(65))
-        if config.strategy in ("tree", "dynamic-tree"):
+        if config.strategy in ("tree", "dynamic-tree", "hybrid"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
         if config.strategy == "none":
             return DraftLengthController(1, fixed_k=0)

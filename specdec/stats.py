@@ -24,6 +24,7 @@ class GenerationStats:
     drafted_at: list[int] = field(default_factory=list)
     accepted_at: list[int] = field(default_factory=list)
     draft_lengths: list[int] = field(default_factory=list)
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
     draft_time: float = 0.0
     verify_time: float = 0.0
     total_time: float = 0.0
@@ -64,6 +65,16 @@ class GenerationStats:
             if i < num_accepted:
                 self.accepted_at[i] += 1
 
+    def record_sources(self, sources: list[tuple[str, ...]], path: tuple[int, ...]) -> None:
+        """Proposed and accepted nodes per draft source (a node shared by sources counts for each)."""
+        for node_sources in sources:
+            for source in node_sources:
+                entry = self.per_source.setdefault(source, {"proposed": 0, "accepted": 0})
+                entry["proposed"] += 1
+        for node in path:
+            for source in sources[node]:
+                self.per_source[source]["accepted"] += 1
+
     def as_dict(self) -> dict:
         return {
             "target_passes": self.target_passes,
@@ -78,6 +89,7 @@ class GenerationStats:
             "rest_time_s": self.rest_time,
             "total_time_s": self.total_time,
             "tokens_per_second": self.tokens_per_second,
+            "per_source": self.per_source,
         }
 
     def summary(self) -> str:

@@ -21,6 +21,7 @@ class Draft:
     tree: the structure; default the chain of T nodes.
     kinds: [T] NodeKind per node (how it was proposed); default SAMPLED with q, else DETERMINISTIC.
     confidence: optional draft probability of reaching each node (for statistics and shaping).
+    sources: optional names of the sources that proposed each node (per-source statistics).
     """
 
     tokens: torch.Tensor
@@ -28,6 +29,7 @@ class Draft:
     tree: Tree | None = None
     kinds: torch.Tensor | None = None
     confidence: list[float] | None = None
+    sources: list[tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.tree is None:

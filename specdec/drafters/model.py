@@ -34,6 +34,7 @@ class TreeShape:
     branch: int = 4
     beam: int = 4
     depth: int = 6
+    deterministic: bool = False  # always choose the top tokens, also when sampling (hybrid trees)
 
 
 @dataclass
@@ -91,7 +92,8 @@ class ModelDrafter:
         """A tree of depth <= max_depth after `sequence` ([1, N] committed tokens); `tree` overrides
         the drafter's own shape for this step (a static tree planned at run time)."""
         if tree is not None:
-            saved, self.shape = self.shape, TreeShape(mode="static", tree=tree)
+            saved = self.shape
+            self.shape = TreeShape(mode="static", tree=tree, deterministic=saved.deterministic)
             try:
                 return self.propose(sequence, max_depth, pipeline, generator)
             finally:
@@ -153,7 +155,7 @@ class ModelDrafter:
         log_q = torch.log_softmax(scores[0], dim=-1)  # [V]
         allowed = int(torch.isfinite(log_q).sum())
         count = min(count, allowed)
-        if do_sample and mode != "dynamic":
+        if do_sample and mode != "dynamic" and not self.shape.deterministic:
             q = probabilities(scores)[0]  # [V]
             if mode == "chain":
                 tokens = sample(q, generator).view(1)

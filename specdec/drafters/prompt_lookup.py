@@ -28,6 +28,30 @@ def find_continuation(sequence: torch.Tensor, k: int, max_ngram: int, min_ngram:
     return sequence.new_empty(0)
 
 
+def find_continuations(
+    sequence: torch.Tensor, k: int, max_ngram: int, min_ngram: int, max_candidates: int
+) -> list[torch.Tensor]:
+    """Up to `max_candidates` distinct continuations (each [<= k]), from the longest matching n-gram
+    down: per n, the most recent match with k tokens after it, then the earliest match."""
+    found: list[torch.Tensor] = []
+    length = sequence.shape[0]
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        pattern = sequence[-n:]  # [n]
+        windows = sequence[:-1].unfold(0, n, 1)  # [N - n, n]
+        hits = (windows == pattern).all(dim=1).nonzero().flatten()  # [h]
+        if not hits.numel():
+            continue
+        full = hits[hits + n + k <= length]
+        starts = ([int(full[-1])] if full.numel() else []) + [int(hits[0])]
+        for start in starts:
+            candidate = sequence[start + n : start + n + k]
+            if candidate.numel() and not any(torch.equal(candidate, c) for c in found):
+                found.append(candidate)
+            if len(found) >= max_candidates:
+                return found
+    return found
+
+
 class PromptLookupDrafter:
     """Deterministic drafts from n-gram matches in the prompt and generated text (no draft model).
 

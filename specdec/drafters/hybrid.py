@@ -1,0 +1,140 @@
+"""Hybrid drafting: n-gram (prompt lookup) and draft-model candidates merged into one token tree.
+
+Every node of a hybrid tree is DETERMINISTIC (chosen, not drawn): the draft model contributes its top
+tokens, the n-gram source its copied continuations. Exactness under sampling follows from the tree
+rule for chosen candidates: a chosen token x is a point-mass proposal, accepted with probability p(x)
+(= min(1, p(x) / 1)); after a rejection p becomes p with x removed and renormalised, and the next
+sibling is judged against that residual. Because no node is a random draw, merging the two sources,
+dropping duplicates where their paths share a prefix, and ordering siblings in any way changes no
+proposal distribution, so the committed tokens are still distributed exactly as the target's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specdec.acceptance import NodeKind
+from specdec.drafters.base import Draft
+from specdec.drafters.model import ModelDrafter, TreeShape
+from specdec.drafters.prompt_lookup import PromptLookupDrafter, find_continuations
+from specdec.sampling import LogitsPipeline
+from specdec.tree import Tree
+
+MODEL, NGRAM = "draft-model", "prompt-lookup"
+
+
+class HybridDrafter:
+    """Merges a draft model's tree with n-gram continuations; skips the model when the n-gram branch
+    is long and has been accepted reliably in this generation.
+
+    model_budget: nodes of the draft model's dynamic tree at an even split; the split follows the
+    sources' measured acceptance (accepted / proposed nodes, decayed), between 2 and 2 * model_budget.
+    """
+
+    name = "hybrid"
+    uses_model = True
+
+    def __init__(
+        self,
+        model: ModelDrafter,
+        lookup: PromptLookupDrafter,
+        model_budget: int = 16,
+        trust: float = 0.6,
+        skip_length: int = 4,
+        max_candidates: int = 2,
+    ) -> None:
+        self.model = model
+        self.lookup = lookup
+        self.model_budget = model_budget
+        self.trust = trust
+        self.skip_length = skip_length
+        self.max_candidates = max_candidates
+        self._model_nodes: list[int | None] = []  # merged node -> the model's node index
+        self._model_ran = False
+        self._sources: list[tuple[str, ...]] = []
+        self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}  # decayed [accepted, proposed]
+
+    @property
+    def context_length(self) -> int | None:
+        return self.model.context_length
+
+    def begin(self) -> None:
+        self.model.begin()
+        self._sources = []
+        self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}
+
+    def rate(self, source: str) -> float:
+        accepted, proposed = self._rates[source]
+        return accepted / proposed
+
+    def propose(
+        self,
+        sequence: torch.Tensor,
+        max_depth: int,
+        pipeline: LogitsPipeline,
+        generator: torch.Generator | None,
+    ) -> Draft:
+        candidates = find_continuations(
+            sequence[0], max_depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
+        )
+        longest = max((c.numel() for c in candidates), default=0)
+        skip_model = longest >= min(self.skip_length, max_depth) and self.rate(NGRAM) >= self.trust
+        self._model_ran = not skip_model
+        parents: list[int] = []
+        tokens: list[int] = []
+        sources: list[set[str]] = []
+        self._model_nodes = []
+        children: dict[tuple[int, int], int] = {}  # (parent, token) -> merged node
+
+        def insert(parent: int, token: int, source: str, model_node: int | None) -> int:
+            key = (parent, token)
+            if key in children:
+                node = children[key]
+                sources[node].add(source)
+                if model_node is not None:
+                    self._model_nodes[node] = model_node
+                return node
+            parents.append(parent)
+            tokens.append(token)
+            sources.append({source})
+            self._model_nodes.append(model_node)
+            children[key] = len(parents) - 1
+            return len(parents) - 1
+
+        if not skip_model:
+            share = self.rate(MODEL) / (self.rate(MODEL) + self.rate(NGRAM))
+            budget = max(2, round(2 * self.model_budget * share))
+            self.model.shape = TreeShape(
+                mode="dynamic", budget=budget, branch=4, beam=4, depth=max_depth, deterministic=True
+            )
+            draft = self.model.propose(sequence, max_depth, pipeline, generator)
+            merged: dict[int, int] = {}
+            for i, (parent, token) in enumerate(zip(draft.tree.parents, draft.tokens.tolist(), strict=True)):
+                merged[i] = insert(merged[parent] if parent >= 0 else -1, token, MODEL, i)
+        for continuation in candidates:
+            node = -1
+            for token in continuation.tolist():
+                node = insert(node, token, NGRAM, None)
+        tree = Tree.from_parents(parents)
+        kinds = torch.full((len(tokens),), int(NodeKind.DETERMINISTIC), dtype=torch.long)
+        ids = torch.tensor(tokens, dtype=torch.long, device=sequence.device)
+        self._sources = [tuple(sorted(s)) for s in sources]
+        return Draft(ids, None, tree, kinds, sources=self._sources)
+
+    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+        for source in self._rates:
+            self._rates[source] = [v * 0.9 for v in self._rates[source]]
+        for node_sources in self._sources:
+            for source in node_sources:
+                self._rates[source][1] += 1.0
+        for node in path:
+            for source in self._sources[node]:
+                self._rates[source][0] += 1.0
+        model_path = []
+        for node in path if self._sources else ():
+            model_node = self._model_nodes[node]
+            if model_node is None:
+                break
+            model_path.append(model_node)
+        self.model.observe(committed_length, tuple(model_path) if self._model_ran else ())
+        self._sources = []

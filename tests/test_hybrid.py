@@ -1,0 +1,58 @@
+"""Hybrid trees: n-gram and draft-model candidates merged, greedy identity, exact sampling, stats."""
+
+import pytest
+import torch
+
+import specdec
+from specdec.drafters.prompt_lookup import find_continuations
+from tests.test_generate_sampling import SAMPLE_KWARGS, V, chi_square_pvalue, exact_joint, sample_pairs
+from tests.tiny_models import prompt, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_llama(seed=0)
+
+
+def repetitive_prompt(seed):
+    base = prompt(7, seed)
+    return torch.cat([base, prompt(3, seed + 50), base, base[:, :4]], dim=1)
+
+
+def test_find_continuations_distinct_longest_first():
+    seq = torch.tensor([1, 2, 3, 4, 9, 2, 3, 5, 6, 1, 2, 3])
+    found = find_continuations(seq, 3, 3, 1, max_candidates=3)
+    assert [c.tolist() for c in found] == [[4, 9, 2], [5, 6, 1]]
+
+
+@pytest.mark.parametrize("draft_kind", ["same", "unrelated"])
+def test_hybrid_greedy_identical_and_counts_sources(target, draft_kind):
+    draft = target if draft_kind == "same" else tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
+    spec = specdec.wrap(target, draft, strategy="hybrid")
+    for seed in range(3):
+        ids = repetitive_prompt(seed)
+        expected = target.generate(ids, max_new_tokens=30, do_sample=False)
+        assert torch.equal(spec.generate(ids, max_new_tokens=30), expected)
+    sources = spec.stats.per_source
+    assert set(sources) <= {"draft-model", "prompt-lookup"} and sources
+    assert sum(s["accepted"] for s in sources.values()) >= spec.stats.accepted_tokens
+    assert all(s["accepted"] <= s["proposed"] for s in sources.values())
+
+
+def test_hybrid_with_repetition_penalty(target):
+    ids = repetitive_prompt(9)
+    kwargs = dict(max_new_tokens=25, repetition_penalty=1.5)
+    out = specdec.wrap(target, target, strategy="hybrid").generate(ids, **kwargs)
+    assert torch.equal(out, target.generate(ids, do_sample=False, **kwargs))
+
+
+def test_hybrid_sampling_follows_target_distribution():
+    small_target = tiny_llama(vocab=V, seed=0, init=0.1)
+    draft = tiny_llama(vocab=V, hidden=32, layers=1, heads=2, kv_heads=1, seed=5)
+    spec = specdec.wrap(small_target, draft, strategy="hybrid")
+    ids = prompt(5, 3, vocab=V)
+    ids = torch.cat([ids, ids, ids[:, :2]], dim=1)  # n-gram matches exist
+    joint = exact_joint(small_target, ids, **SAMPLE_KWARGS)
+    counts = sample_pairs(spec, ids, draws=1200, seed=13, **SAMPLE_KWARGS)
+    assert chi_square_pvalue(counts, joint) > 1e-3
+    assert "prompt-lookup" in spec.stats.per_source
