@@ -1,4 +1,4 @@
-"""The `specdec` command line (layer L7): `specdec demo`."""
+"""The `specdec` command line (layer L7): `specdec demo | generate | bench`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from specdec.cli_commands import add_bench_parser, add_generate_parser
 from specdec.config import STRATEGIES
 
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
+    add_generate_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -114,7 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the sub-command's own usage, not the top-level one
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args.run(args)
+    from specdec.models.embedded import EmbeddedPairError
+
+    try:
+        return args.run(args)
+    except EmbeddedPairError as error:
+        print(f"specdec {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
