@@ -48,6 +48,7 @@ def wrap(
     max_draft_tokens: int = 8,
     tree: object = None,
     tree_budget: int | None = None,
+    runtime: str = "auto",
     trust_remote_code: bool = False,
 ) -> SpeculativeModel:
     """Wrap a target causal LM and a draft into a `SpeculativeModel`.
@@ -58,6 +59,8 @@ def wrap(
     branching tuple such as (4, 2, 2, 1) or a list of rank paths), "dynamic-tree" (EAGLE-2 style,
     `tree_budget=` nodes per step) or "prompt-lookup" (n-gram matches, draft=None).
     num_draft_tokens: fixed chain length k, or None to adapt k every step (up to max_draft_tokens).
+    runtime: "auto" (specdec's own lean forward and preallocated KV cache for Llama-layout models,
+    transformers' forward otherwise), "specdec" (require the lean forward) or "transformers".
     tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
     found next to the models when they were loaded from a local folder.
     """
@@ -73,5 +76,10 @@ def wrap(
     if draft is not None:
         draft_model = load_causal_lm(draft, "draft", dtype, device_map, trust_remote_code)
     return SpeculativeModel(
-        target_model, draft_model, config, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer
+        target_model,
+        draft_model,
+        config,
+        tokenizer=tokenizer,
+        draft_tokenizer=draft_tokenizer,
+        runtime=runtime,
     )

@@ -9,7 +9,7 @@ from transformers import GenerationConfig
 
 from specdec.costs import CostProfile
 from specdec.drafters.base import Drafter
-from specdec.models.runner import CausalRunner
+from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline
 
 
@@ -24,7 +24,7 @@ def _median(values: list[float]) -> float:
 
 
 def measure_costs(
-    target: CausalRunner,
+    target: Runner,
     drafter: Drafter,
     max_verify_tokens: int,
     repeats: int = 3,

@@ -17,7 +17,7 @@ from specdec.acceptance import (
 )
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
-from specdec.models.runner import CausalRunner
+from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline, probabilities
 from specdec.shaping import AutoShapeController
 from specdec.stats import GenerationStats
@@ -42,7 +42,7 @@ class SpeculativeEngine:
 
     def __init__(
         self,
-        target: CausalRunner,
+        target: Runner,
         drafter: Drafter,
         controller: DraftLengthController | AutoShapeController,
         pipeline: LogitsPipeline,

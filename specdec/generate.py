@@ -21,8 +21,8 @@ from specdec.costs import CostProfile
 from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
 from specdec.engine import SpeculativeEngine
+from specdec.models.llama_runner import make_runner
 from specdec.models.loading import find_tokenizer, vocab_info
-from specdec.models.runner import CausalRunner
 from specdec.sampling import LogitsPipeline
 from specdec.shaping import AutoShapeController
 from specdec.stats import GenerationStats
@@ -73,8 +73,10 @@ class SpeculativeModel:
         config: SpecConfig,
         tokenizer=None,
         draft_tokenizer=None,
+        runtime: str = "auto",
     ) -> None:
         self.target = target
+        self.runtime = runtime
         self.draft = draft
         self.config = config
         self.tokenizer = tokenizer
@@ -82,7 +84,7 @@ class SpeculativeModel:
         #: Measured draft/verify costs that adaptive strategies plan with; measured at the first
         #: generate() that needs it and then kept (set it to reuse a profile across processes).
         self.cost_profile: CostProfile | None = None
-        self._target_runner = CausalRunner(target)
+        self._target_runner = make_runner(target, runtime)
         self._drafter = self._make_drafter(draft, draft_tokenizer)
 
     def _make_drafter(self, draft: PreTrainedModel | None, draft_tokenizer) -> Drafter:
@@ -106,7 +108,9 @@ class SpeculativeModel:
         if draft_tokenizer is None:
             draft_tokenizer = find_tokenizer(draft)
         check_vocabularies(vocab_info(self.target, target_tokenizer), vocab_info(draft, draft_tokenizer))
-        model = ModelDrafter(draft, self._target_runner.vocab_size, self._target_runner.device, self._shape())
+        model = ModelDrafter(
+            draft, self._target_runner.vocab_size, self._target_runner.device, self._shape(), self.runtime
+        )
         if self.config.strategy == "hybrid":
             lookup = PromptLookupDrafter(
                 self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram

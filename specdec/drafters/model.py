@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from specdec.acceptance import NodeKind
 from specdec.drafters.base import Draft
-from specdec.models.runner import CausalRunner
+from specdec.models.llama_runner import make_runner
 from specdec.sampling import LogitsPipeline, probabilities, sample
 from specdec.tree import Tree
 
@@ -64,8 +64,9 @@ class ModelDrafter:
         target_vocab_size: int,
         target_device: torch.device,
         shape: TreeShape | None = None,
+        runtime: str = "auto",
     ) -> None:
-        self.runner = CausalRunner(model)
+        self.runner = make_runner(model, runtime)
         self.target_vocab_size = target_vocab_size
         self.target_device = target_device
         self.shape = shape or TreeShape()

@@ -8,6 +8,7 @@ weights and modeling code are used unchanged (no fork), so accelerate device map
 from __future__ import annotations
 
 import inspect
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel
@@ -46,6 +47,29 @@ def context_length(model: PreTrainedModel) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+class Runner(Protocol):
+    """What the engine needs of a model: incremental forward passes over a KV cache it owns."""
+
+    device: torch.device
+    vocab_size: int
+    context_length: int | None
+    length: int
+
+    def reset(self) -> None: ...
+
+    def extend(
+        self,
+        tokens: torch.Tensor,
+        num_logits: int = 1,
+        positions: torch.Tensor | None = None,
+        attention: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    def truncate(self, length: int) -> None: ...
+
+    def compact(self, start: int, rows: list[int]) -> None: ...
 
 
 class CausalRunner:

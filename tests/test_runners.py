@@ -1,0 +1,80 @@
+"""specdec's lean Llama runner against transformers' own forward (float32, 1e-5)."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import specdec
+from specdec.models.llama_runner import LlamaRunner, make_runner
+from specdec.models.runner import CausalRunner
+from specdec.tree import Tree
+from tests.tiny_models import prompt, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(seed=0, hidden=64, heads=4, kv_heads=2)
+
+
+def test_prefill_decode_tree_rollback_and_compaction_match_transformers(model):
+    ids = prompt(14, 0)[0]
+    lean, reference = LlamaRunner(model), CausalRunner(model)
+    for runner in (lean, reference):
+        runner.extend(ids[:10], num_logits=3)
+    assert torch.allclose(lean.extend(ids[10:12], 2), reference.extend(ids[10:12], 2), atol=1e-5)  # decode
+    tree = Tree.from_branching((2, 2))
+    tokens = prompt(len(tree), 1)[0]
+    positions = 12 - 1 + tree.depth_tensor()
+    a = lean.extend(tokens, len(tree), positions, tree.ancestor_mask)
+    b = reference.extend(tokens, len(tree), positions, tree.ancestor_mask)
+    assert torch.allclose(a, b, atol=1e-5)  # tree verify
+    for runner in (lean, reference):
+        runner.compact(12, [12 + 1, 12 + 4])  # keep the path node 1 -> node 4
+    assert lean.length == reference.length == 14
+    after = ids[12:14]
+    assert torch.allclose(lean.extend(after, 2), reference.extend(after, 2), atol=1e-5)
+    for runner in (lean, reference):
+        runner.truncate(11)  # rollback
+    assert torch.allclose(lean.extend(ids[11:], 3), reference.extend(ids[11:], 3), atol=1e-5)
+    with torch.no_grad():
+        path = torch.cat([ids[:12], tokens[[1, 4]], ids[12:14]])
+        full = model(path[None]).logits[0, -2:]
+    fresh = LlamaRunner(model)
+    fresh.extend(path, 2)
+    lean.reset()
+    assert torch.allclose(lean.extend(path, 2), full, atol=1e-5)
+
+
+def test_runtime_choice():
+    llama = tiny_llama(seed=0)
+    assert isinstance(make_runner(llama), LlamaRunner)
+    assert isinstance(make_runner(llama, "transformers"), CausalRunner)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=96, n_positions=64))
+    assert isinstance(make_runner(gpt2), CausalRunner)
+    with pytest.raises(ValueError, match='runtime="specdec" needs a Llama-layout model'):
+        make_runner(gpt2, "specdec")
+    with pytest.raises(ValueError, match="runtime='fast' is not supported"):
+        make_runner(llama, "fast")
+
+
+@pytest.mark.parametrize("runtime", ["specdec", "transformers"])
+@pytest.mark.parametrize("strategy", ["chain", "tree", "hybrid"])
+def test_both_runtimes_are_exact(model, runtime, strategy):
+    draft = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
+    spec = specdec.wrap(model, draft, strategy=strategy, runtime=runtime)
+    for seed in range(2):
+        ids = prompt(6 + seed, 500 + seed)
+        expected = model.generate(ids, max_new_tokens=20, do_sample=False)
+        assert torch.equal(spec.generate(ids, max_new_tokens=20), expected)
+
+
+def test_generic_transformers_model_still_exact():
+    """A causal LM the lean runner does not cover (GPT-2) runs through transformers' forward."""
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=96, n_positions=64)).eval()
+    ids = prompt(5, 7)
+    expected = gpt2.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    out = specdec.wrap(gpt2, gpt2, strategy="tree", tree=(2, 1)).generate(
+        ids, max_new_tokens=12, pad_token_id=0
+    )
+    assert torch.equal(out, expected)
