@@ -53,6 +53,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--baselines", default=",".join(BASELINES))
     bench.add_argument("--repeats", type=int, default=1, help="timed repeats per prompt, median kept")
     bench.add_argument("--out", default=None, help="folder for results.json and table.md")
+    bench.add_argument(
+        "--chat", action="store_true", help="apply the chat template (to 'turns' or the prompt)"
+    )
     bench.set_defaults(run=run_bench, command_parser=bench)
 
 
@@ -151,6 +154,15 @@ def read_prompts(path: str) -> list[dict]:
     return prompts
 
 
+def _encode(tokenizer, record: dict, chat: bool) -> torch.Tensor:
+    """[1, L] prompt ids; with chat, the template over the record's turns (or its prompt as one turn)."""
+    if not chat:
+        return tokenizer(record["prompt"], return_tensors="pt").input_ids
+    turns = record.get("turns") or [{"role": "user", "content": record["prompt"]}]
+    ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt")
+    return ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import specdec
     from specdec.bench import (
@@ -178,7 +190,9 @@ def run_bench(args: argparse.Namespace) -> int:
             tokenizer, num_prompts=args.num_prompts, prompt_tokens=args.prompt_tokens
         )
         records = [{"prompt": t, "category": "code"} for t in texts]
-    prompts = [tokenizer(r["prompt"], return_tensors="pt").input_ids.to(target.device) for r in records]
+    if args.chat and not getattr(tokenizer, "chat_template", None):
+        raise SystemExit("specdec bench: --chat needs a tokenizer with a chat template")
+    prompts = [_encode(tokenizer, r, args.chat).to(target.device) for r in records]
     gen_kwargs = {"max_new_tokens": args.max_new_tokens, **sampling_kwargs(args)}
     methods = baseline_methods(target, draft, [b for b in args.baselines.split(",") if b], gen_kwargs)
     methods |= strategy_methods(target, draft, strategies, gen_kwargs)

@@ -1,0 +1,41 @@
+"""`specdec generate | bench` argument handling and the shipped prompt set (no pair needed)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from specdec.cli import main
+from specdec.cli_commands import read_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prompt_file_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "a"}\n\nnot json\n')
+    with pytest.raises(SystemExit, match=r"p.jsonl, line 3: not valid JSON"):
+        read_prompts(str(bad))
+    bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(SystemExit, match=r"line 2: expected"):
+        read_prompts(str(bad))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(SystemExit, match="holds no prompts"):
+        read_prompts(str(tmp_path / "empty.jsonl"))
+
+
+def test_unknown_strategy_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit, match="unknown strategy 'beam'; valid: chain, tree"):
+        main(["bench", "--strategies", "chain,beam"])
+
+
+def test_shipped_chat_prompts_cover_six_categories():
+    records = read_prompts(str(ROOT / "benchmarks" / "prompts" / "chat.jsonl"))
+    counts = {}
+    for record in records:
+        counts[record["category"]] = counts.get(record["category"], 0) + 1
+        if record["category"] == "multi-turn":
+            assert record["turns"][-1]["role"] == "user"
+    assert counts == {c: 10 for c in ("multi-turn", "translation", "summarization", "qa", "math", "rag")}
+    assert len({r["id"] for r in records}) == 60
+    json.dumps(records)  # plain JSON data
