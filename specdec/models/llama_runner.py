@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from specdec.models.runner import CausalRunner, context_length, model_device, vocab_size
+from specdec.models.runner import (
+    CausalRunner,
+    check_extend,
+    context_length,
+    full_attention,
+    model_device,
+    vocab_size,
+)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 
@@ -72,8 +79,7 @@ class LlamaRunner:
     ) -> torch.Tensor:
         """Same contract as `CausalRunner.extend`: tokens [n] -> logits [num_logits, V]."""
         n = tokens.shape[0]
-        if n == 0 or not 1 <= num_logits <= n:
-            raise ValueError(f"extend needs 1 <= num_logits <= len(tokens), got {num_logits} and {n}")
+        check_extend(n, num_logits)
         start = self.length
         end = start + n
         if end > self._capacity:
@@ -100,15 +106,7 @@ class LlamaRunner:
             if n == 1:
                 return None
             attention = torch.tril(torch.ones(n, n, dtype=torch.bool, device=self.device))
-        attention = attention.to(self.device)
-        if attention.shape[1] == n:
-            visible = torch.ones(n, start, dtype=torch.bool, device=self.device)
-            attention = torch.cat([visible, attention], dim=1)
-        if attention.shape != (n, start + n):
-            raise ValueError(
-                f"attention must be [{n}, {n}] or [{n}, {start + n}], got {tuple(attention.shape)}"
-            )
-        return attention[None, None]
+        return full_attention(attention, start, self.device)[None, None]
 
     def _attention(self, index, layer, x, cos, sin, start, mask) -> torch.Tensor:
         attn = layer.self_attn

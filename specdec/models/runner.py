@@ -49,6 +49,24 @@ def context_length(model: PreTrainedModel) -> int | None:
     return None
 
 
+def check_extend(n: int, num_logits: int) -> None:
+    """The shared argument check of `extend`."""
+    if n == 0 or not 1 <= num_logits <= n:
+        raise ValueError(f"extend needs 1 <= num_logits <= len(tokens), got {num_logits} and {n}")
+
+
+def full_attention(attention: torch.Tensor, cached: int, device: torch.device) -> torch.Tensor:
+    """[n, n] attention among new tokens (all cached positions visible) or [n, cached + n] as given
+    -> [n, cached + n] bool on device."""
+    n = attention.shape[0]
+    mask = attention.to(device)
+    if mask.shape[1] == n:
+        mask = torch.cat([torch.ones(n, cached, dtype=torch.bool, device=device), mask], dim=1)
+    if mask.shape != (n, cached + n):
+        raise ValueError(f"attention must be [{n}, {n}] or [{n}, {cached + n}], got {tuple(attention.shape)}")
+    return mask
+
+
 class Runner(Protocol):
     """What the engine needs of a model: incremental forward passes over a KV cache it owns."""
 
@@ -109,21 +127,15 @@ class CausalRunner:
         for the last num_logits tokens.
         """
         n = tokens.shape[0]
-        if n == 0 or not 1 <= num_logits <= n:
-            raise ValueError(f"extend needs 1 <= num_logits <= len(tokens), got {num_logits} and {n}")
+        check_extend(n, num_logits)
         start = self.length
         if positions is None:
             positions = torch.arange(start, start + n, device=self.device)
         kwargs = {self._cache_kw: self.cache}
         if attention is not None:
-            mask = attention.to(self.device)
-            if mask.shape[1] == n:
-                visible = torch.ones(n, start, dtype=torch.bool, device=self.device)
-                mask = torch.cat([visible, mask], dim=1)  # [n, start + n]
-            if mask.shape != (n, start + n):
-                shape = tuple(mask.shape)
-                raise ValueError(f"attention must be [{n}, {n}] or [{n}, {start + n}], got {shape}")
-            kwargs["attention_mask"] = mask[None, None]  # [1, 1, n, start + n]
+            kwargs["attention_mask"] = full_attention(attention, start, self.device)[
+                None, None
+            ]  # [1, 1, n, start + n]
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = num_logits
         out = self.model(
