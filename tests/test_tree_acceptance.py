@@ -4,6 +4,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specdec.acceptance import (
     NodeKind,
@@ -220,3 +222,12 @@ def test_greedy_tree_follows_target_argmax():
     scores[0] = 0
     scores[0, 2] = 1  # nothing matches at the root
     assert accept_greedy_tree(tree, tokens, scores).path == ()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), kinds=st.sampled_from(sorted(KIND_SETS)), zeros=st.booleans())
+def test_tree_step_exact_for_random_distributions(seed, kinds, zeros):
+    """Hypothesis: random p and q (with zeros in p where q has mass) and every proposal kind."""
+    p, q = _tables(seed, support_zero=zeros)
+    produced = exact_tree_step_distribution(p, q, KIND_SETS[kinds])
+    assert torch.allclose(produced, target_distribution(p), atol=1e-9, rtol=0)
