@@ -60,13 +60,13 @@ def baseline_methods(target, draft, names: Sequence[str], gen_kwargs: dict) -> d
             k = int(name.removeprefix("hf-assisted-k"))
 
             def assisted(ids, k=k):
-                draft.generation_config.num_assistant_tokens = k
-                draft.generation_config.num_assistant_tokens_schedule = "constant"
+                config = draft.generation_config
+                saved = (config.num_assistant_tokens, config.num_assistant_tokens_schedule)
+                config.num_assistant_tokens, config.num_assistant_tokens_schedule = k, "constant"
                 try:
                     return target.generate(ids, assistant_model=draft, **gen_kwargs), None
                 finally:
-                    draft.generation_config.num_assistant_tokens = 20
-                    draft.generation_config.num_assistant_tokens_schedule = "constant"
+                    config.num_assistant_tokens, config.num_assistant_tokens_schedule = saved
 
             methods[name] = assisted
         elif name == "hf-prompt-lookup":
