@@ -7,7 +7,9 @@ decoder-only models and returns what it returns (prompt + new tokens, or a
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -92,6 +94,12 @@ class SpeculativeModel:
             raise ValueError(f'strategy="{self.config.strategy}" uses no draft model; pass draft=None.')
         if self.config.strategy == "none":
             return NoDrafter()
+        if self.config.strategy == "hybrid" and draft is None:
+            warnings.warn(
+                'strategy="hybrid" without a draft model: using prompt lookup (n-gram drafts) alone.',
+                stacklevel=4,
+            )
+            self.config = dataclasses.replace(self.config, strategy="prompt-lookup", tree_budget=None)
         if self.config.strategy == "prompt-lookup":
             return PromptLookupDrafter(
                 self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram

@@ -56,3 +56,20 @@ def test_hybrid_sampling_follows_target_distribution():
     counts = sample_pairs(spec, ids, draws=1200, seed=13, **SAMPLE_KWARGS)
     assert chi_square_pvalue(counts, joint) > 1e-3
     assert "prompt-lookup" in spec.stats.per_source
+
+
+def test_hybrid_without_draft_degrades_to_prompt_lookup(target):
+    with pytest.warns(UserWarning, match="using prompt lookup"):
+        spec = specdec.wrap(target, None, strategy="hybrid")
+    assert spec.config.strategy == "prompt-lookup"
+    ids = repetitive_prompt(3)
+    assert torch.equal(
+        spec.generate(ids, max_new_tokens=10), target.generate(ids, max_new_tokens=10, do_sample=False)
+    )
+
+
+def test_ngram_settings_out_of_range():
+    from specdec.config import SpecConfig
+
+    with pytest.raises(ValueError, match="prompt_lookup_min_ngram"):
+        SpecConfig(strategy="hybrid", prompt_lookup_min_ngram=0)
