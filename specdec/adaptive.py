@@ -75,7 +75,12 @@ class DraftLengthController:
         return DraftPlan(self.choose())
 
     def observe_step(
-        self, tree: Tree, path: tuple[int, ...], draft_time: float | None, verify_time: float | None
+        self,
+        tree: Tree,
+        path: tuple[int, ...],
+        draft_time: float | None,
+        verify_time: float | None,
+        planned: list[bool] | None = None,
     ) -> None:
         """`observe` for a verified draft tree and its accepted path."""
         self.observe(tree.depth, len(path), draft_time, verify_time, num_nodes=len(tree))

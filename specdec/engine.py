@@ -125,6 +125,7 @@ class SpeculativeEngine:
             path,
             None if first or not self.drafter.uses_model else t1 - t0,
             None if first else t2 - t1,
+            planned=draft.planned,
         )
         self._steps += 1
         return StepResult(tokens, scores[rows], logits[rows].float(), t, n)

@@ -119,11 +119,16 @@ class SpeculativeModel:
         model = ModelDrafter(
             draft, self._target_runner.vocab_size, self._target_runner.device, self._shape(), self.runtime
         )
-        if self.config.strategy == "hybrid":
+        if self.config.strategy in ("hybrid", "auto"):
             lookup = PromptLookupDrafter(
                 self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram
             )
-            return HybridDrafter(model, lookup, model_budget=self.config.tree_budget or 16)
+            # auto merges n-gram copies into its planned tree when greedy; when sampling it keeps the
+            # draft model's random draws unmerged (they accept more often than chosen tokens)
+            auto = self.config.strategy == "auto"
+            return HybridDrafter(
+                model, lookup, model_budget=self.config.tree_budget or 16, merge_when_sampling=not auto
+            )
         return model
 
     def _shape(self) -> TreeShape:

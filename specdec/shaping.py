@@ -41,20 +41,22 @@ class RankAcceptance:
             self.taken[r] = 2.0 * prior_p
             self.offered[r] = 2.0
 
-    def observe(self, tree: Tree, path: tuple[int, ...]) -> None:
+    def observe(self, tree: Tree, path: tuple[int, ...], planned: list[bool] | None = None) -> None:
+        """Count one verified tree; `planned` restricts the count to the planned nodes (ranks among
+        planned siblings; an accepted unplanned node counts as none of its planned siblings taken)."""
         self.taken = [t * self.decay for t in self.taken]
         self.offered = [o * self.decay for o in self.offered]
         node, level = -1, 0
         while True:
-            kids = tree.children_of(node)
+            kids = [k for k in tree.children_of(node) if planned is None or planned[k]]
             if not kids:
                 return
             for r in range(min(len(kids), len(self.offered))):
                 self.offered[r] += 1.0
-            if level >= len(path):
+            if level >= len(path) or path[level] not in kids:
                 return
             child = path[level]
-            rank = tree.ranks[child]
+            rank = kids.index(child)
             if rank < len(self.taken):
                 self.taken[rank] += 1.0
             node, level = child, level + 1
@@ -156,11 +158,18 @@ class AutoShapeController:
         return DraftPlan(best.depth, best)
 
     def observe_step(
-        self, tree: Tree, path: tuple[int, ...], draft_time: float | None, verify_time: float | None
-    ):
+        self,
+        tree: Tree,
+        path: tuple[int, ...],
+        draft_time: float | None,
+        verify_time: float | None,
+        planned: list[bool] | None = None,
+    ) -> None:
+        """Count the verified tree (only its planned nodes, when `planned` is given) and, without a
+        fixed cost profile, its draft and verify times."""
         if len(tree) == 0:
             return
-        self.ranks.observe(tree, path)
+        self.ranks.observe(tree, path, planned)
         if self.costs is not None:
             return
         if draft_time is not None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import specdec
+import specdec.costs
 from specdec.drafters.prompt_lookup import find_continuations
 from tests.test_generate_sampling import SAMPLE_KWARGS, V, chi_square_pvalue, exact_joint, sample_pairs
 from tests.tiny_models import prompt, tiny_llama
@@ -73,3 +74,14 @@ def test_ngram_settings_out_of_range():
 
     with pytest.raises(ValueError, match="prompt_lookup_min_ngram"):
         SpecConfig(strategy="hybrid", prompt_lookup_min_ngram=0)
+
+
+def test_auto_merges_ngram_candidates_when_greedy(target):
+    spec = specdec.wrap(target, target, strategy="auto")
+    spec.cost_profile = specdec.costs.CostProfile(
+        draft_level_seconds=1e-4, verify_seconds={1: 0.01, 65: 0.012}
+    )
+    ids = repetitive_prompt(4)
+    out = spec.generate(ids, max_new_tokens=30)
+    assert torch.equal(out, target.generate(ids, max_new_tokens=30, do_sample=False))
+    assert "prompt-lookup" in spec.stats.per_source

@@ -99,3 +99,12 @@ def test_cost_profile_interpolation():
     assert profile.verify(3) == pytest.approx(0.012)
     assert profile.verify(7) == pytest.approx(0.018)
     assert profile.verify(13) == pytest.approx(0.030)  # the last slope continues
+
+
+def test_rank_counts_ignore_unplanned_nodes():
+    ranks = RankAcceptance(max_rank=2, decay=1.0, prior=(0.5, 0.5))
+    tree = Tree.from_parents([-1, -1, -1])  # two planned model nodes, then an n-gram node
+    for _ in range(50):
+        ranks.observe(tree, (2,), planned=[True, True, False])  # the n-gram node was accepted
+    p = ranks.probabilities()
+    assert p[0] < 0.05 and p[1] < 0.05  # the planned ranks were offered and not taken

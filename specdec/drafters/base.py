@@ -22,6 +22,8 @@ class Draft:
     kinds: [T] NodeKind per node (how it was proposed); default SAMPLED with q, else DETERMINISTIC.
     confidence: optional draft probability of reaching each node (for statistics and shaping).
     sources: optional names of the sources that proposed each node (per-source statistics).
+    planned: optional, per node, whether it belongs to the run-time planned tree (the rest, e.g.
+        n-gram nodes merged in, do not count in the planner's acceptance-per-rank statistics).
     """
 
     tokens: torch.Tensor
@@ -30,6 +32,7 @@ class Draft:
     kinds: torch.Tensor | None = None
     confidence: list[float] | None = None
     sources: list[tuple[str, ...]] | None = None
+    planned: list[bool] | None = None
 
     def __post_init__(self) -> None:
         if self.tree is None:

@@ -42,8 +42,12 @@ class HybridDrafter:
         trust: float = 0.6,
         skip_length: int = 4,
         max_candidates: int = 2,
+        merge_when_sampling: bool = True,
     ) -> None:
+        """merge_when_sampling=False: when sampling, propose the draft model's own tree unmerged (its
+        nodes stay random draws, which accept more often than chosen tokens); used by strategy=auto."""
         self.model = model
+        self.merge_when_sampling = merge_when_sampling
         self.lookup = lookup
         self.model_budget = model_budget
         self.trust = trust
@@ -52,6 +56,7 @@ class HybridDrafter:
         self._model_nodes: list[int | None] = []  # merged node -> the model's node index
         self._model_ran = False
         self._sources: list[tuple[str, ...]] = []
+        self._passthrough = False
         self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}  # decayed [accepted, proposed]
 
     @property
@@ -73,7 +78,15 @@ class HybridDrafter:
         max_depth: int,
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
+        tree: Tree | None = None,
     ) -> Draft:
+        """Merged candidates; `tree` (a run-time plan) shapes the draft model's part instead of the
+        dynamic tree sized from the sources' measured acceptance."""
+        if pipeline.do_sample and not self.merge_when_sampling:
+            self._model_ran, self._sources, self._model_nodes = True, [], []
+            self._passthrough = True
+            return self.model.propose(sequence, max_depth, pipeline, generator, tree=tree)
+        self._passthrough = False
         candidates = find_continuations(
             sequence[0], max_depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
         )
@@ -107,6 +120,8 @@ class HybridDrafter:
             self.model.shape = TreeShape(
                 mode="dynamic", budget=budget, branch=4, beam=4, depth=max_depth, deterministic=True
             )
+            if tree is not None:
+                self.model.shape = TreeShape(mode="static", tree=tree, deterministic=True)
             draft = self.model.propose(sequence, max_depth, pipeline, generator)
             merged: dict[int, int] = {}
             for i, (parent, token) in enumerate(zip(draft.tree.parents, draft.tokens.tolist(), strict=True)):
@@ -115,13 +130,17 @@ class HybridDrafter:
             node = -1
             for token in continuation.tolist():
                 node = insert(node, token, NGRAM, None)
-        tree = Tree.from_parents(parents)
+        merged_tree = Tree.from_parents(parents)
         kinds = torch.full((len(tokens),), int(NodeKind.DETERMINISTIC), dtype=torch.long)
         ids = torch.tensor(tokens, dtype=torch.long, device=sequence.device)
         self._sources = [tuple(sorted(s)) for s in sources]
-        return Draft(ids, None, tree, kinds, sources=self._sources)
+        planned = [node is not None for node in self._model_nodes]
+        return Draft(ids, None, merged_tree, kinds, sources=self._sources, planned=planned)
 
     def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+        if self._passthrough:
+            self.model.observe(committed_length, path)
+            return
         for source in self._rates:
             self._rates[source] = [v * 0.9 for v in self._rates[source]]
         for node_sources in self._sources:
