@@ -180,10 +180,15 @@ def summarize(results: Sequence[RunResult], reference: str = "target") -> list[d
                 "draft_share": sum(draft) / total_seconds if draft else None,
                 "verify_share": sum(verify) / total_seconds if verify else None,
                 "identical": f"{sum(identical)}/{len(identical)}" if identical else "",
-                "distinct_4gram": sum(r.distinct_4gram_ratio for r in runs) / len(runs),
+                "distinct_4gram": _mean([r.distinct_4gram_ratio for r in runs]),
             }
         )
     return rows
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -201,11 +206,57 @@ def markdown_table(rows: Sequence[dict]) -> str:
             split = f"{100 * row['draft_share']:.0f}% / {100 * row['verify_share']:.0f}%"
         lines.append(
             f"| {row['method']} | {row['tokens_per_second']:.1f} | {speedup} | {tau} | {depth} | {split} | "
-            f"{row['identical']} | {row['distinct_4gram']:.2f} |"
+            f"{row['identical']} | {_fmt(row['distinct_4gram'])} |"
         )
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def results_json(results: Sequence[RunResult], rows: Sequence[dict], meta: dict) -> dict:
     runs = [asdict(r) | {"tokens_per_second": r.tokens_per_second} for r in results]
     return {"meta": meta, "summary": list(rows), "runs": runs}
+
+
+def plot(results: Sequence[RunResult], rows: Sequence[dict], categories: Sequence[str], path: str) -> bool:
+    """PNG: speedup per method and prompt category (left) and the tau histogram per strategy (right).
+
+    categories[i] is the category of prompt i. Needs matplotlib (the `plot` extra); returns False
+    without it.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    base = {r.prompt: r.seconds for r in results if r.method == "target"}
+    methods = [row["method"] for row in rows if row["method"] != "target"]
+    cats = sorted(set(categories))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / max(len(cats), 1)
+    for c_index, category in enumerate(cats):
+        speedups = []
+        for method in methods:
+            runs = [r for r in results if r.method == method and categories[r.prompt] == category]
+            ratios = [base[r.prompt] / r.seconds for r in runs if r.prompt in base and r.seconds > 0]
+            speedups.append(sum(ratios) / len(ratios) if ratios else 0.0)
+        left.bar([i + c_index * width for i in range(len(methods))], speedups, width, label=category)
+    left.axhline(1.0, color="black", linewidth=0.8)
+    left.set_xticks([i + 0.4 - width / 2 for i in range(len(methods))], methods, rotation=35, ha="right")
+    left.set_ylabel("speedup over target generate()")
+    left.legend(fontsize=8)
+    for method in methods:
+        taus = [r.tau for r in results if r.method == method and r.tau is not None]
+        if taus and any(t != 1.0 for t in taus):
+            right.hist(taus, bins=12, alpha=0.5, label=method)
+    right.set_xlabel("tau (tokens per target pass), per prompt")
+    right.set_ylabel("prompts")
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

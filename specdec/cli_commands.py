@@ -168,6 +168,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from specdec.bench import (
         baseline_methods,
         markdown_table,
+        plot,
         results_json,
         run_benchmark,
         strategy_methods,
@@ -221,4 +222,7 @@ def run_bench(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results_json(results, rows, meta), indent=2))
         (out / "table.md").write_text(table + "\n")
+        categories = [r.get("category", "") for r in records]
+        if not plot(results, rows, categories, str(out / "speedup.png")):
+            print("specdec bench: no PNG plot (pip install matplotlib, or the [plot] extra)", file=sys.stderr)
     return 0

@@ -39,3 +39,18 @@ def test_harness_runs_every_method_and_checks_identity():
     assert table.count("\n") == len(rows) + 1 and "specdec-tree" in table
     assert draft.generation_config.num_assistant_tokens != 3  # restored after the constant-k baseline
     assert torch.is_tensor(prompts[0])
+
+
+def test_plot_writes_a_png(tmp_path):
+    from specdec.bench import RunResult, plot
+
+    results = [
+        RunResult("target", 0, 10, 1.0),
+        RunResult("specdec-chain", 0, 10, 0.5, tau=2.0),
+        RunResult("target", 1, 10, 1.0),
+        RunResult("specdec-chain", 1, 10, 0.8, tau=1.5),
+    ]
+    rows = summarize(results)
+    path = tmp_path / "plot.png"
+    assert plot(results, rows, ["code", "chat"], str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
