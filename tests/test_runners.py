@@ -78,3 +78,13 @@ def test_generic_transformers_model_still_exact():
         ids, max_new_tokens=12, pad_token_id=0
     )
     assert torch.equal(out, expected)
+
+
+def test_trees_fit_at_the_end_of_the_context():
+    """A wide tree verified when the sequence is near the context end: rows beyond the committed
+    positions fit, positions stay inside the context, output stays exact."""
+    model = tiny_llama(seed=0, context=48)
+    ids = prompt(40, 9)
+    expected = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None)
+    spec = specdec.wrap(model, model, strategy="tree", tree=(8, 4, 2), runtime="specdec")
+    assert torch.equal(spec.generate(ids, max_new_tokens=8, eos_token_id=None), expected)

@@ -22,6 +22,7 @@ from specdec.models.runner import (
     model_device,
     vocab_size,
 )
+from specdec.tree import MAX_TREE_NODES
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 
@@ -53,7 +54,9 @@ class LlamaRunner:
         self._heads = config.num_attention_heads
         self._kv_heads = getattr(config, "num_key_value_heads", None) or self._heads
         self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // self._heads
-        self._capacity = max_length or self.context_length or 4096
+        # Positions never pass the context, but a verified tree briefly holds up to MAX_TREE_NODES rows
+        # (+ the pending tokens) beyond the committed ones, so the cache has room for them.
+        self._capacity = (max_length or self.context_length or 4096) + MAX_TREE_NODES + 8
         self._keys: list[torch.Tensor] = []  # per layer [1, H_kv, capacity, D]
         self._values: list[torch.Tensor] = []
         self.length = 0
