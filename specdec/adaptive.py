@@ -70,8 +70,9 @@ class DraftLengthController:
                 best_k, best_rate = k, rate
         return best_k
 
-    def plan(self) -> DraftPlan:
-        """This step's chain length (the drafter's own shape, cut at that depth)."""
+    def plan(self, free_expected: float = 0.0, free_nodes: int = 0) -> DraftPlan:
+        """This step's chain length (the drafter's own shape, cut at that depth); free candidates
+        do not change it."""
         return DraftPlan(self.choose())
 
     def observe_step(

@@ -11,6 +11,7 @@ from specdec.costs import CostProfile
 from specdec.drafters.base import Drafter
 from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline
+from specdec.tree import Tree
 
 
 def _synchronize(device: torch.device) -> None:
@@ -32,7 +33,7 @@ def measure_costs(
 ) -> CostProfile:
     """Time target verification of 1, 2, 3, 5, 9, ... tokens (up to max_verify_tokens, with an explicit
     attention mask as trees use) after a short dummy prompt, and one draft level (a 4-token chain of
-    the drafter, divided by 4). Leaves both caches empty."""
+    the draft model, divided by 4). Leaves both caches empty."""
     context = target.context_length or 4096
     prompt_tokens = max(1, min(prompt_tokens, context - max_verify_tokens - 1))
     vocab = target.vocab_size
@@ -56,17 +57,18 @@ def measure_costs(
         profile.verify_seconds[n] = _median(times[1:])
     target.reset()
 
-    if getattr(drafter, "uses_model", False):
+    model = getattr(drafter, "model", drafter)  # a hybrid drafter's draft model
+    if getattr(model, "uses_model", False):
         pipeline = LogitsPipeline(GenerationConfig(do_sample=False), prompt_tokens, [])
         sequence = prompt[None]  # [1, P]
-        drafter.begin()
+        model.begin()
         times = []
         for _ in range(repeats + 1):
-            drafter.observe(prompt_tokens - 1, ())  # the draft has seen all but the last token
+            model.observe(prompt_tokens - 1, ())  # the draft has seen all but the last token
             start = time.perf_counter()
-            drafter.propose(sequence, 4, pipeline, None)
+            model.propose(sequence, 4, pipeline, None, tree=Tree.chain(4))
             _synchronize(target.device)
             times.append((time.perf_counter() - start) / 4)
         profile.draft_level_seconds = _median(times[1:])
-        drafter.begin()
+        model.begin()
     return profile

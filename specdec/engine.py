@@ -74,7 +74,12 @@ class SpeculativeEngine:
     def step(self, sequence: torch.Tensor, budget: int) -> StepResult:
         """Advance by one target pass. sequence: [1, N] committed tokens; budget: tokens still allowed."""
         n_committed = sequence.shape[1]
-        plan = self.controller.plan()
+        free = getattr(self.drafter, "free_candidates", None)  # (expected accepted, nodes) of n-gram copies
+        plan = (
+            self.controller.plan(*free(self.pipeline.do_sample))
+            if free is not None
+            else self.controller.plan()
+        )
         max_depth = self._draft_length(n_committed, budget, plan.max_depth)
         first = self._steps == 0
 

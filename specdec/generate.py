@@ -149,7 +149,9 @@ class SpeculativeModel:
         """Chains adapt k (unless fixed); trees draft to their own depth; auto plans every step."""
         config = self.config
         if config.strategy == "auto":
-            return AutoShapeController(max_depth=config.max_draft_tokens, costs=self._costs(65))
+            return AutoShapeController(
+                max_depth=config.max_draft_tokens, costs=self._costs(65), free_depth=config.max_draft_tokens
+            )
         if config.strategy in ("tree", "dynamic-tree", "hybrid"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
         if config.strategy == "none":

@@ -119,9 +119,18 @@ class AutoShapeController:
     EXPLORE = (4, 16)  # tree sizes measured first, so the cost model has two points
     PROBE_EVERY = 8  # after this many steps without drafting, draft once to re-measure acceptance
 
-    def __init__(self, max_nodes: int = 64, max_depth: int = 8, costs: CostProfile | None = None) -> None:
+    def __init__(
+        self,
+        max_nodes: int = 64,
+        max_depth: int = 8,
+        costs: CostProfile | None = None,
+        free_depth: int = 0,
+    ) -> None:
         """costs: a measured CostProfile (fixed during generation, for reproducible seeded sampling);
-        without it costs are measured from this generation's own steps, exploring sizes 4 and 16 first."""
+        without it costs are measured from this generation's own steps, exploring sizes 4 and 16 first.
+        free_depth: depth of candidates that cost no draft pass (n-gram copies merged in by a hybrid
+        drafter); a plan with no model nodes still lets them be proposed."""
+        self.free_depth = free_depth
         self.costs = costs
         self.max_nodes = max_nodes
         self.max_depth = max_depth
@@ -130,7 +139,10 @@ class AutoShapeController:
         self.draft_level_cost: float | None = None
         self._idle_steps = 0
 
-    def plan(self) -> DraftPlan:
+    def plan(self, free_expected: float = 0.0, free_nodes: int = 0) -> DraftPlan:
+        """This step's plan. free_expected / free_nodes: tokens the free candidates (n-gram copies)
+        are expected to get accepted and how many nodes they add; the model tree must beat them.
+        Conservatively, a tree with both is credited with the larger of the two expectations."""
         p = self.ranks.probabilities()
         measured = len(self.verify_cost.by_size)
         if self.costs is None and measured < len(self.EXPLORE):
@@ -141,21 +153,22 @@ class AutoShapeController:
             if size > self.max_nodes:
                 break
             tree, expected = best_tree(p, size, self.max_depth)
+            verified = size + free_nodes + 1
             if self.costs is not None:
-                cost = self.costs.draft_level_seconds * tree.depth + self.costs.verify(size + 1)
+                cost = self.costs.draft_level_seconds * tree.depth + self.costs.verify(verified)
             else:
-                cost = (self.draft_level_cost or 0.0) * tree.depth + self.verify_cost.predict(size + 1)
-            rate = (1.0 + expected) / max(cost, 1e-9)
+                cost = (self.draft_level_cost or 0.0) * tree.depth + self.verify_cost.predict(verified)
+            rate = (1.0 + max(expected, free_expected)) / max(cost, 1e-9)
             if rate > best_rate:
                 best, best_rate = tree, rate
         if len(best) == 0:
             self._idle_steps += 1
             if self._idle_steps % self.PROBE_EVERY:
-                return DraftPlan(0)
+                return DraftPlan(self.free_depth, best) if self.free_depth else DraftPlan(0)
             best, _ = best_tree(p, 2, self.max_depth)
         else:
             self._idle_steps = 0
-        return DraftPlan(best.depth, best)
+        return DraftPlan(max(best.depth, self.free_depth), best)
 
     def observe_step(
         self,

@@ -57,6 +57,8 @@ class HybridDrafter:
         self._model_ran = False
         self._sources: list[tuple[str, ...]] = []
         self._passthrough = False
+        self._ngram_gain = 0.5  # decayed mean n-gram-only accepted length per step (with a prior)
+        self._ngram_nodes = 0
         self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}  # decayed [accepted, proposed]
 
     @property
@@ -66,7 +68,16 @@ class HybridDrafter:
     def begin(self) -> None:
         self.model.begin()
         self._sources = []
+        self._passthrough = False
+        self._ngram_gain, self._ngram_nodes = 0.5, 0
         self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}
+
+    def free_candidates(self, do_sample: bool) -> tuple[float, int]:
+        """(expected accepted length, node count) of the n-gram copies, from recent steps: what a
+        planner must beat with draft-model nodes. Zero when sampling without merging."""
+        if do_sample and not self.merge_when_sampling:
+            return 0.0, 0
+        return self._ngram_gain, self._ngram_nodes
 
     def rate(self, source: str) -> float:
         accepted, proposed = self._rates[source]
@@ -92,6 +103,7 @@ class HybridDrafter:
         )
         longest = max((c.numel() for c in candidates), default=0)
         skip_model = longest >= min(self.skip_length, max_depth) and self.rate(NGRAM) >= self.trust
+        skip_model = skip_model or (tree is not None and len(tree) == 0)  # the plan has no model nodes
         self._model_ran = not skip_model
         parents: list[int] = []
         tokens: list[int] = []
@@ -149,6 +161,13 @@ class HybridDrafter:
         for node in path:
             for source in self._sources[node]:
                 self._rates[source][0] += 1.0
+        ngram_run = 0
+        for node in path:
+            if NGRAM not in self._sources[node]:
+                break
+            ngram_run += 1
+        self._ngram_gain = 0.8 * self._ngram_gain + 0.2 * ngram_run
+        self._ngram_nodes = sum(NGRAM in s and MODEL not in s for s in self._sources)
         model_path = []
         for node in path if self._sources else ():
             model_node = self._model_nodes[node]

@@ -92,6 +92,8 @@ class ModelDrafter:
     ) -> Draft:
         """A tree of depth <= max_depth after `sequence` ([1, N] committed tokens); `tree` overrides
         the drafter's own shape for this step (a static tree planned at run time)."""
+        if tree is not None and len(tree) == 0:
+            return Draft(sequence.new_empty(0))
         if tree is not None:
             saved = self.shape
             self.shape = TreeShape(mode="static", tree=tree, deterministic=saved.deterministic)
