@@ -23,7 +23,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     demo.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
-    demo.add_argument("--strategy", choices=STRATEGIES, default="chain", help="drafting strategy")
+    demo.add_argument("--strategy", choices=STRATEGIES, default="auto", help="drafting strategy")
     demo.add_argument("--prompt-index", type=int, default=0, help="which held-out prompt (default 0)")
     demo.add_argument("--prompt-tokens", type=int, default=128, help="prompt length in tokens (default 128)")
     demo.add_argument("--repeats", type=int, default=3, help="timed repeats, median reported (default 3)")
