@@ -127,7 +127,11 @@ class SpeculativeModel:
             # draft model's random draws unmerged (they accept more often than chosen tokens)
             auto = self.config.strategy == "auto"
             return HybridDrafter(
-                model, lookup, model_budget=self.config.tree_budget or 16, merge_when_sampling=not auto
+                model,
+                lookup,
+                model_budget=self.config.tree_budget or 16,
+                merge_when_sampling=not auto,
+                max_candidates=1 if auto else 2,
             )
         return model
 
