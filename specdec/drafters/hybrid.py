@@ -29,6 +29,9 @@ class HybridDrafter:
 
     model_budget: nodes of the draft model's dynamic tree at an even split; the split follows the
     sources' measured acceptance (accepted / proposed nodes, decayed), between 2 and 2 * model_budget.
+    trust / skip_length: the draft model is skipped on steps whose n-gram continuation has at least
+    skip_length tokens while n-gram runs of at least `trust` tokens have been accepted per step
+    recently (decayed mean).
     """
 
     name = "hybrid"
@@ -39,15 +42,17 @@ class HybridDrafter:
         model: ModelDrafter,
         lookup: PromptLookupDrafter,
         model_budget: int = 16,
-        trust: float = 0.6,
+        trust: float = 2.0,
         skip_length: int = 4,
         max_candidates: int = 2,
         merge_when_sampling: bool = True,
+        model_depth: int = 4,
     ) -> None:
         """merge_when_sampling=False: when sampling, propose the draft model's own tree unmerged (its
         nodes stay random draws, which accept more often than chosen tokens); used by strategy=auto."""
         self.model = model
         self.merge_when_sampling = merge_when_sampling
+        self.model_depth = model_depth  # draft passes per step for the model's dynamic tree
         self.lookup = lookup
         self.model_budget = model_budget
         self.trust = trust
@@ -102,7 +107,7 @@ class HybridDrafter:
             sequence[0], max_depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
         )
         longest = max((c.numel() for c in candidates), default=0)
-        skip_model = longest >= min(self.skip_length, max_depth) and self.rate(NGRAM) >= self.trust
+        skip_model = longest >= min(self.skip_length, max_depth) and self._ngram_gain >= self.trust
         skip_model = skip_model or (tree is not None and len(tree) == 0)  # the plan has no model nodes
         self._model_ran = not skip_model
         parents: list[int] = []
@@ -130,11 +135,18 @@ class HybridDrafter:
             share = self.rate(MODEL) / (self.rate(MODEL) + self.rate(NGRAM))
             budget = max(2, round(2 * self.model_budget * share))
             self.model.shape = TreeShape(
-                mode="dynamic", budget=budget, branch=4, beam=4, depth=max_depth, deterministic=True
+                mode="dynamic",
+                budget=budget,
+                branch=4,
+                beam=4,
+                depth=min(max_depth, self.model_depth),
+                deterministic=True,
             )
+            model_depth = min(max_depth, self.model_depth)
             if tree is not None:
                 self.model.shape = TreeShape(mode="static", tree=tree, deterministic=True)
-            draft = self.model.propose(sequence, max_depth, pipeline, generator)
+                model_depth = max_depth
+            draft = self.model.propose(sequence, model_depth, pipeline, generator)
             merged: dict[int, int] = {}
             for i, (parent, token) in enumerate(zip(draft.tree.parents, draft.tokens.tolist(), strict=True)):
                 merged[i] = insert(merged[parent] if parent >= 0 else -1, token, MODEL, i)
