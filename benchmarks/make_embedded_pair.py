@@ -62,6 +62,7 @@ from specdec.models.embedded import (  # noqa: E402
     EMBEDDED_PAIR_DIR,
     MANIFEST_NAME,
     heldout_code_prompts,
+    sha256_file,
 )
 from specdec.models.stdlib_corpus import (  # noqa: E402
     HELDOUT_FILES,
@@ -187,14 +188,6 @@ class Log:
 
     def __call__(self, msg: str) -> None:
         print(f"[{self.elapsed():7.1f}s] {msg}", flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def count_params(model: torch.nn.Module) -> int:

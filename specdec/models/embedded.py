@@ -65,7 +65,8 @@ def _fail(folder: Path, problem: str) -> EmbeddedPairError:
     )
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -99,7 +100,7 @@ def verify_embedded_pair(path: str | Path | None = None) -> dict[str, Any]:
         file = folder / rel
         if not file.is_file():
             raise _fail(folder, f"missing file {name}")
-        if file.stat().st_size != size or _sha256(file) != sha:
+        if file.stat().st_size != size or sha256_file(file) != sha:
             raise _fail(folder, f"file {name} does not match its sha256 in {MANIFEST_NAME} (corrupted)")
     return manifest
 
