@@ -256,3 +256,20 @@ def test_heldout_prompts_bad_input(tokenizer, tmp_path: Path):
     assert heldout_code_prompts(tokenizer, num_prompts=0) == []
     with pytest.raises(RuntimeError, match="held-out"):
         heldout_code_prompts(tokenizer, num_prompts=1, root=tmp_path)  # no stdlib there
+
+
+def test_wrap_loads_local_paths_and_checks_their_tokenizers(pair_dir: Path):
+    """Hub ids / local paths go through from_pretrained (dtype passed through); the tokenizers saved
+    beside the models are found, so ids are checked and no 'not checked' warning is raised."""
+    import warnings
+
+    import specdec
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = specdec.wrap(str(pair_dir / "target"), str(pair_dir / "draft"), dtype=torch.float32)
+    assert spec.target.dtype == torch.float32 and spec.draft is not None
+    ids = torch.tensor([[1, 100, 200, 300]])
+    assert torch.equal(
+        spec.generate(ids, max_new_tokens=8), spec.target.generate(ids, max_new_tokens=8, do_sample=False)
+    )
