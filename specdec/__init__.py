@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from specdec.config import STRATEGIES, SpecConfig
+from specdec.errors import NonFiniteLogitsError
 from specdec.generate import SpeculativeModel
 from specdec.models.embedded import EmbeddedPairError, heldout_code_prompts, load_embedded_pair
 from specdec.models.loading import load_causal_lm
@@ -26,6 +27,7 @@ __all__ = [
     "STRATEGIES",
     "EmbeddedPairError",
     "GenerationStats",
+    "NonFiniteLogitsError",
     "SpecConfig",
     "SpeculativeModel",
     "VocabularyMismatchError",

@@ -17,9 +17,10 @@ from specdec.acceptance import (
 )
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
+from specdec.errors import NonFiniteLogitsError
 from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline, probabilities
-from specdec.shaping import AutoShapeController
+from specdec.shaping import AutoShapeController, DraftPlan
 from specdec.stats import GenerationStats
 
 
@@ -85,21 +86,18 @@ class SpeculativeEngine:
 
         # 1. propose
         t0 = time.perf_counter()
-        if max_depth > 0:
-            if plan.tree is not None:
-                draft = self.drafter.propose(
-                    sequence, max_depth, self.pipeline, self.generator, tree=plan.tree
-                )
-            else:
-                draft = self.drafter.propose(sequence, max_depth, self.pipeline, self.generator)
-        else:
-            draft = Draft(sequence.new_empty(0))
+        try:
+            draft = self._propose(sequence, max_depth, plan)
+        except NonFiniteLogitsError as error:
+            raise NonFiniteLogitsError(error.model, self._steps) from None
         t1 = time.perf_counter()
         tree = draft.tree
         t = len(draft)
 
         # 2. verify: the target scores the root and all T nodes in one pass
         logits = self._verify(sequence, draft)  # [T + 1, V]
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLogitsError("target", self._steps)
         if tree.is_chain:
             scores = self.pipeline.scores_along(sequence, draft.tokens, logits)  # [T + 1, V]
         else:
@@ -134,6 +132,13 @@ class SpeculativeEngine:
         )
         self._steps += 1
         return StepResult(tokens, scores[rows], logits[rows].float(), t, n)
+
+    def _propose(self, sequence: torch.Tensor, max_depth: int, plan: DraftPlan) -> Draft:
+        if max_depth <= 0:
+            return Draft(sequence.new_empty(0))
+        if plan.tree is not None:
+            return self.drafter.propose(sequence, max_depth, self.pipeline, self.generator, tree=plan.tree)
+        return self.drafter.propose(sequence, max_depth, self.pipeline, self.generator)
 
     def _verify(self, sequence: torch.Tensor, draft: Draft) -> torch.Tensor:
         """Target logits [T + 1, V]: row 0 after the committed sequence, row i + 1 after node i."""

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from specdec.acceptance import NodeKind
 from specdec.drafters.base import Draft
+from specdec.errors import NonFiniteLogitsError
 from specdec.models.llama_runner import make_runner
 from specdec.sampling import LogitsPipeline, probabilities, sample
 from specdec.tree import Tree
@@ -131,6 +132,8 @@ class ModelDrafter:
         return self._draft(nodes, pipeline.do_sample, sequence.device)
 
     def _target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLogitsError("draft")
         return logits[:, : self.target_vocab_size].to(self.target_device)
 
     def _children(

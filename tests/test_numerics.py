@@ -1,0 +1,41 @@
+"""NaN / inf logits raise an error naming the model and the step; the next call is unaffected."""
+
+import pytest
+import torch
+
+import specdec
+from specdec import NonFiniteLogitsError
+from tests.tiny_models import prompt, tiny_llama
+
+
+def _poisoned(seed, **kwargs):
+    model = tiny_llama(seed=seed, **kwargs)
+    with torch.no_grad():
+        model.lm_head.weight[7] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("runtime", ["specdec", "transformers"])
+def test_nan_target_logits_name_the_target(runtime):
+    spec = specdec.wrap(
+        _poisoned(0), tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1), runtime=runtime
+    )
+    with pytest.raises(
+        NonFiniteLogitsError, match="the target model produced NaN or inf logits at step 0"
+    ) as info:
+        spec.generate(prompt(5, 0), max_new_tokens=5)
+    assert info.value.model == "target" and info.value.step == 0
+
+
+def test_nan_draft_logits_name_the_draft_and_the_model_recovers():
+    target = tiny_llama(seed=0)
+    spec = specdec.wrap(target, _poisoned(1, hidden=32, layers=1, heads=2, kv_heads=1), num_draft_tokens=3)
+    with pytest.raises(NonFiniteLogitsError, match="the draft model produced NaN or inf logits at step 0"):
+        spec.generate(prompt(5, 1), max_new_tokens=5)
+    # the same SpeculativeModel, once its draft is repaired, generates exactly again
+    with torch.no_grad():
+        spec.draft.lm_head.weight[7] = 0.0
+    ids = prompt(6, 2)
+    assert torch.equal(
+        spec.generate(ids, max_new_tokens=12), target.generate(ids, max_new_tokens=12, do_sample=False)
+    )
