@@ -52,6 +52,7 @@ def wrap(
     tree_budget: int | None = None,
     runtime: str = "auto",
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> SpeculativeModel:
     """Wrap a target causal LM and a draft into a `SpeculativeModel`.
 
@@ -63,6 +64,7 @@ def wrap(
     num_draft_tokens: fixed chain length k, or None to adapt k every step (up to max_draft_tokens).
     runtime: "auto" (specdec's own lean forward and preallocated KV cache for Llama-layout models,
     transformers' forward otherwise), "specdec" (require the lean forward) or "transformers".
+    trust_remote_code / allow_pickle: off unless passed (remote code; pickle checkpoints).
     tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
     found next to the models when they were loaded from a local folder.
     """
@@ -73,10 +75,10 @@ def wrap(
         tree=tree,
         tree_budget=tree_budget,
     )
-    target_model = load_causal_lm(target, "target", dtype, device_map, trust_remote_code)
+    target_model = load_causal_lm(target, "target", dtype, device_map, trust_remote_code, allow_pickle)
     draft_model = None
     if draft is not None:
-        draft_model = load_causal_lm(draft, "draft", dtype, device_map, trust_remote_code)
+        draft_model = load_causal_lm(draft, "draft", dtype, device_map, trust_remote_code, allow_pickle)
     return SpeculativeModel(
         target_model,
         draft_model,

@@ -18,20 +18,32 @@ def load_causal_lm(
     dtype: torch.dtype | str | None = None,
     device_map: Any = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> PreTrainedModel:
     """The model itself, or `AutoModelForCausalLM.from_pretrained(model, ...)` for a hub id / path.
 
     role: "target" or "draft", named in errors. dtype and device_map pass through (accelerate's
-    big-model loading and offloading).
+    big-model loading and offloading). Only safetensors weights are loaded unless allow_pickle=True
+    (pickle checkpoints can run code when loaded); remote code only with trust_remote_code=True.
     """
     if isinstance(model, str):
         kwargs = dict(from_pretrained_kwargs)
+        kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         if dtype is not None:
             kwargs["dtype"] = dtype
         if device_map is not None:
             kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code, **kwargs)
+        name = model
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        except OSError as error:
+            if allow_pickle or "safetensors" not in str(error).lower():
+                raise
+            raise ValueError(
+                f"the {role} at {name!r} has no safetensors weights; pickle checkpoints can run code when "
+                "loaded, so specdec loads them only with wrap(..., allow_pickle=True)."
+            ) from error
         model.eval()
     check_causal_lm(model, role)
     return model
