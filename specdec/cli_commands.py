@@ -46,6 +46,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     add_model_arguments(bench)
     bench.add_argument("--prompts", default=None, help="JSONL prompt file (default: held-out code prompts)")
     bench.add_argument(
+        "--prompt-set",
+        choices=("code", "quote"),
+        default="code",
+        help="built-in held-out set when --prompts is not given: code completion, or code quoted back",
+    )
+    bench.add_argument(
         "--num-prompts", type=int, default=8, help="held-out prompts when --prompts is not given"
     )
     bench.add_argument("--prompt-tokens", type=int, default=128, help="held-out prompt length (default 128)")
@@ -174,7 +180,7 @@ def run_bench(args: argparse.Namespace) -> int:
         strategy_methods,
         summarize,
     )
-    from specdec.models.embedded import heldout_code_prompts
+    from specdec.models.embedded import heldout_code_prompts, heldout_quote_prompts
 
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -186,6 +192,11 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SystemExit("specdec bench: these strategies need --draft")
     if draft is not None:  # vocabularies are checked before any timing starts
         specdec.wrap(target, draft, tokenizer=tokenizer)
+    if records is None and args.prompt_set == "quote":
+        texts = heldout_quote_prompts(
+            tokenizer, num_prompts=args.num_prompts, quote_tokens=args.prompt_tokens
+        )
+        records = [{"prompt": t, "category": "quote"} for t in texts]
     if records is None:
         texts = heldout_code_prompts(
             tokenizer, num_prompts=args.num_prompts, prompt_tokens=args.prompt_tokens

@@ -39,3 +39,14 @@ def test_shipped_chat_prompts_cover_six_categories():
     assert counts == {c: 10 for c in ("multi-turn", "translation", "summarization", "qa", "math", "rag")}
     assert len({r["id"] for r in records}) == 60
     json.dumps(records)  # plain JSON data
+
+
+def test_quote_prompts_quote_a_heldout_snippet():
+    from specdec.models.embedded import heldout_code_prompts, heldout_quote_prompts, load_embedded_pair
+
+    tokenizer = load_embedded_pair().tokenizer
+    quotes = heldout_quote_prompts(tokenizer, num_prompts=3, quote_tokens=48)
+    assert quotes == heldout_quote_prompts(tokenizer, num_prompts=3, quote_tokens=48)
+    snippets = heldout_code_prompts(tokenizer, num_prompts=3, prompt_tokens=48, seed=1000)
+    for quote, snippet in zip(quotes, snippets, strict=True):
+        assert quote.startswith(snippet) and quote.endswith(snippet.split("\n", 1)[0] + "\n")

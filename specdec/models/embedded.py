@@ -181,6 +181,24 @@ def heldout_code_prompts(
     return prompts
 
 
+def heldout_quote_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    num_prompts: int = 8,
+    quote_tokens: int = 96,
+    seed: int = 0,
+    root: str | Path | None = None,
+) -> list[str]:
+    """Prompts that quote their context, cut at run time from held-out files ("edit this code"):
+    a held-out snippet of about `quote_tokens` tokens, then a comment asking for it again with its
+    first line, so a faithful continuation copies the snippet (where n-gram drafting shines)."""
+    snippets = heldout_code_prompts(tokenizer, num_prompts, quote_tokens, seed=seed + 1000, root=root)
+    prompts = []
+    for snippet in snippets:
+        first_line = snippet.split("\n", 1)[0]
+        prompts.append(f"{snippet}\n\n# The same code again, unchanged:\n{first_line}\n")
+    return prompts
+
+
 def _nonblank_line_starts(text: str) -> list[int]:
     """Offsets of the first character of every line that holds more than whitespace."""
     starts, offset = [], 0
