@@ -39,3 +39,24 @@ def test_nan_draft_logits_name_the_draft_and_the_model_recovers():
     assert torch.equal(
         spec.generate(ids, max_new_tokens=12), target.generate(ids, max_new_tokens=12, do_sample=False)
     )
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(top_k=1), dict(top_p=1e-6), dict(temperature=1e-4, top_k=0)],
+    ids=["top_k=1", "top_p-single", "temperature-near-0"],
+)
+@pytest.mark.parametrize("strategy", ["chain", "tree", "auto"])
+def test_degenerate_sampling_behaves_like_transformers(sampling, strategy):
+    """Sampling settings that leave one token behave as transformers does: the greedy output."""
+    target = tiny_llama(seed=0)
+    draft = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
+    spec = specdec.wrap(target, draft, strategy=strategy)
+    ids = prompt(6, 4)
+    greedy = target.generate(ids, max_new_tokens=15, do_sample=False)
+    torch.manual_seed(0)
+    theirs = target.generate(ids, max_new_tokens=15, do_sample=True, **sampling)
+    ours = spec.generate(
+        ids, max_new_tokens=15, do_sample=True, generator=torch.Generator().manual_seed(1), **sampling
+    )
+    assert torch.equal(theirs, greedy) and torch.equal(ours, greedy)
