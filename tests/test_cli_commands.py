@@ -50,3 +50,33 @@ def test_quote_prompts_quote_a_heldout_snippet():
     snippets = heldout_code_prompts(tokenizer, num_prompts=3, prompt_tokens=48, seed=1000)
     for quote, snippet in zip(quotes, snippets, strict=True):
         assert quote.startswith(snippet) and quote.endswith(snippet.split("\n", 1)[0] + "\n")
+
+
+def test_generate_streams_text(capsys):
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "def read(path):\n",
+            "--max-new-tokens",
+            "8",
+            "--strategy",
+            "chain",
+            "--stats",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0 and "target passes" in captured.err and captured.out.strip()
+
+
+def test_bench_writes_results_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--num-prompts", "2", "--prompt-tokens", "24", "--max-new-tokens", "8"]
+    args += ["--strategies", "chain,auto", "--baselines", "target,specdec-no-speculation", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    methods = {row["method"] for row in results["summary"]}
+    assert methods == {"target", "specdec-no-speculation", "specdec-chain", "specdec-auto"}
+    assert all(run["identical_to_target"] for run in results["runs"])
+    assert (out / "table.md").read_text().startswith("| method |")
+    assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
