@@ -75,12 +75,8 @@ class SpeculativeEngine:
     def step(self, sequence: torch.Tensor, budget: int) -> StepResult:
         """Advance by one target pass. sequence: [1, N] committed tokens; budget: tokens still allowed."""
         n_committed = sequence.shape[1]
-        free = getattr(self.drafter, "free_candidates", None)  # (expected accepted, nodes) of n-gram copies
-        plan = (
-            self.controller.plan(*free(self.pipeline.do_sample))
-            if free is not None
-            else self.controller.plan()
-        )
+        free = getattr(self.drafter, "free_candidates", None)  # n-gram copies: (expected accepted, nodes)
+        plan = self.controller.plan(*(free(self.pipeline.do_sample) if free is not None else (0.0, 0)))
         max_depth = self._draft_length(n_committed, budget, plan.max_depth)
         first = self._steps == 0
 
@@ -98,10 +94,7 @@ class SpeculativeEngine:
         logits = self._verify(sequence, draft)  # [T + 1, V]
         if not bool(torch.isfinite(logits).all()):
             raise NonFiniteLogitsError("target", self._steps)
-        if tree.is_chain:
-            scores = self.pipeline.scores_along(sequence, draft.tokens, logits)  # [T + 1, V]
-        else:
-            scores = self.pipeline.scores_tree(sequence, draft.tokens, tree, logits)  # [T + 1, V]
+        scores = self.pipeline.scores_tree(sequence, draft.tokens, tree, logits)  # [T + 1, V]
 
         # 3. accept
         accepted = self._accept(draft, scores)

@@ -145,7 +145,6 @@ class SpeculativeModel:
                 budget=config.tree_budget,
                 branch=config.tree_branch,
                 beam=config.tree_branch,
-                depth=config.tree_depth,
             )
         return TreeShape(mode="chain")
 

@@ -83,20 +83,6 @@ class LogitsPipeline:
             scores = self.processors(context, scores)
         return scores
 
-    def scores_along(self, context: torch.Tensor, block: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Processed scores for a block of consecutive positions.
-
-        context: [1, n] committed tokens; block: [m] tokens appended after them; logits: [m + 1, V]
-        where row i scores the position after context + block[:i] -> [m + 1, V] float32.
-        """
-        if not self.processors:
-            return logits.float()
-        rows = []
-        for i in range(logits.shape[0]):
-            ctx = torch.cat([context, block[:i].view(1, -1).to(context.device)], dim=1)  # [1, n + i]
-            rows.append(self.scores(ctx, logits[i : i + 1]))
-        return torch.cat(rows, dim=0)
-
     def scores_tree(
         self, context: torch.Tensor, tokens: torch.Tensor, tree, logits: torch.Tensor
     ) -> torch.Tensor:

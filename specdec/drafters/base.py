@@ -20,7 +20,6 @@ class Draft:
         node is deterministic (q is a point mass on its token) or the step is greedy.
     tree: the structure; default the chain of T nodes.
     kinds: [T] NodeKind per node (how it was proposed); default SAMPLED with q, else DETERMINISTIC.
-    confidence: optional draft probability of reaching each node (for statistics and shaping).
     sources: optional names of the sources that proposed each node (per-source statistics).
     planned: optional, per node, whether it belongs to the run-time planned tree (the rest, e.g.
         n-gram nodes merged in, do not count in the planner's acceptance-per-rank statistics).
@@ -30,7 +29,6 @@ class Draft:
     q: torch.Tensor | None = None
     tree: Tree | None = None
     kinds: torch.Tensor | None = None
-    confidence: list[float] | None = None
     sources: list[tuple[str, ...]] | None = None
     planned: list[bool] | None = None
 

@@ -139,7 +139,6 @@ class HybridDrafter:
                 budget=budget,
                 branch=4,
                 beam=4,
-                depth=min(max_depth, self.model_depth),
                 deterministic=True,
             )
             model_depth = min(max_depth, self.model_depth)

@@ -6,7 +6,6 @@ depth that gets children, with an ancestor-only attention mask (as the target do
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,8 @@ class TreeShape:
 
     mode: "chain" (k tokens in a line), "static" (the fixed `tree`, cut at the step's depth cap) or
     "dynamic" (EAGLE-2 style: at each depth expand the `beam` nodes of highest cumulative draft
-    log-probability with their top `branch` tokens, then keep the best `budget` nodes).
+    log-probability with their top `branch` tokens, then keep the best `budget` nodes). The depth
+    is the step's cap, given to `propose`.
     """
 
     mode: str = "chain"
@@ -34,7 +34,6 @@ class TreeShape:
     budget: int = 32
     branch: int = 4
     beam: int = 4
-    depth: int = 6
     deterministic: bool = False  # always choose the top tokens, also when sampling (hybrid trees)
 
 
@@ -241,8 +240,7 @@ class ModelDrafter:
             vocab = next(n.q_row for n in nodes if n.q_row is not None).shape[0]
             zeros = torch.zeros(vocab, device=self.target_device)
             q = torch.stack([n.q_row if n.q_row is not None else zeros for n in nodes])  # [T, V]
-        log_probs = [n.log_prob for n in nodes]
-        return Draft(tokens, q, tree, kinds, confidence=[math.exp(lp) for lp in log_probs])
+        return Draft(tokens, q, tree, kinds)
 
     # ------------------------------------------------------------------ observe
     def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
