@@ -25,7 +25,7 @@ class DraftLengthController:
 
     costs: a measured CostProfile; when given, costs are not re-measured during generation, so the
     k schedule depends only on acceptance (reproducible seeded sampling). Without it, costs are
-    running estimates of this generation's own step times.
+    running estimates of this generation's own step times (`initial_k` until the first).
     """
 
     def __init__(
@@ -38,15 +38,14 @@ class DraftLengthController:
         decay: float = 0.9,
         costs: CostProfile | None = None,
     ) -> None:
-        self.costs = costs
+        self._live_costs = costs is None
+        self.costs = CostProfile() if costs is None else costs
         self.max_k = max_k
         self.fixed_k = fixed_k
         self.initial_k = min(initial_k, max_k)
         self.decay = decay
         self._accepted = prior_alpha * prior_weight  # decayed count of accepted draft tokens
         self._trials = prior_weight  # decayed count of drafted tokens that were judged
-        self._draft_cost: float | None = None  # seconds per drafted token
-        self._verify_cost: dict[int, float] = {}  # tokens verified -> seconds per pass
 
     @property
     def alpha(self) -> float:
@@ -55,16 +54,12 @@ class DraftLengthController:
     def choose(self) -> int:
         if self.fixed_k is not None:
             return self.fixed_k
-        if self.costs is None and not self._verify_cost:
+        if not self.costs.verify_seconds:
             return self.initial_k
         alpha = min(self.alpha, 0.999)
-        if self.costs is not None:
-            draft_cost, verify_cost = self.costs.draft_level_seconds, self.costs.verify
-        else:
-            draft_cost, verify_cost = self._draft_cost or 0.0, self._predicted_verify_cost
         best_k, best_rate = 1, -1.0
         for k in range(1, self.max_k + 1):
-            cost = k * draft_cost + verify_cost(k + 1)
+            cost = k * self.costs.draft_level_seconds + self.costs.verify(k + 1)
             rate = expected_tokens(alpha, k) / max(cost, 1e-9)
             if rate > best_rate:
                 best_k, best_rate = k, rate
@@ -86,13 +81,6 @@ class DraftLengthController:
         """`observe` for a verified draft tree and its accepted path."""
         self.observe(tree.depth, len(path), draft_time, verify_time, num_nodes=len(tree))
 
-    def _predicted_verify_cost(self, num_tokens: int) -> float:
-        """Measured cost of verifying this many tokens, or of the nearest size measured."""
-        if num_tokens in self._verify_cost:
-            return self._verify_cost[num_tokens]
-        nearest = min(self._verify_cost, key=lambda n: (abs(n - num_tokens), n))
-        return self._verify_cost[nearest]
-
     def observe(
         self,
         num_drafted: int,
@@ -110,14 +98,5 @@ class DraftLengthController:
         trials = num_accepted + (1 if num_accepted < num_drafted else 0)
         self._accepted = self._accepted * self.decay + num_accepted
         self._trials = self._trials * self.decay + trials
-        if self.costs is not None:
-            return
-        if draft_time is not None:
-            per_token = draft_time / num_drafted
-            self._draft_cost = (
-                per_token if self._draft_cost is None else 0.7 * self._draft_cost + 0.3 * per_token
-            )
-        if verify_time is not None:
-            size = num_nodes + 1
-            old = self._verify_cost.get(size)
-            self._verify_cost[size] = verify_time if old is None else 0.7 * old + 0.3 * verify_time
+        if self._live_costs:
+            self.costs.observe(num_drafted, num_nodes + 1, draft_time, verify_time)

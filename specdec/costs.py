@@ -4,17 +4,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Weight of a new measurement in the running (decayed) means of `CostProfile.observe`.
+NEW_WEIGHT = 0.3
+
 
 @dataclass
 class CostProfile:
     """Seconds per draft level and per target verification of n tokens, measured on this hardware.
 
     A profile is measured once per SpeculativeModel and then fixed, so that the draft shapes chosen
-    during a seeded sampling run depend only on the random draws, and the run is reproducible.
+    during a seeded sampling run depend only on the random draws, and the run is reproducible. Without
+    one, a controller starts from an empty profile and `observe`s its own steps into it.
     """
 
     draft_level_seconds: float = 0.0
     verify_seconds: dict[int, float] = field(default_factory=dict)
+    draft_measured: bool = False
+
+    def observe(
+        self, levels: int, verified_tokens: int, draft_time: float | None, verify_time: float | None
+    ) -> None:
+        """Fold one step's times into decayed means: `draft_time` for `levels` draft passes,
+        `verify_time` for verifying `verified_tokens` tokens (None: not counted, e.g. the prefill)."""
+        if draft_time is not None:
+            per_level = draft_time / max(levels, 1)
+            old = self.draft_level_seconds
+            self.draft_level_seconds = (
+                (1 - NEW_WEIGHT) * old + NEW_WEIGHT * per_level if self.draft_measured else per_level
+            )
+            self.draft_measured = True
+        if verify_time is not None:
+            old = self.verify_seconds.get(verified_tokens)
+            self.verify_seconds[verified_tokens] = (
+                verify_time if old is None else (1 - NEW_WEIGHT) * old + NEW_WEIGHT * verify_time
+            )
 
     def verify(self, num_tokens: int) -> float:
         """Seconds to verify `num_tokens`: piecewise-linear between measured sizes, linear beyond."""

@@ -88,30 +88,6 @@ def best_tree(p: list[float], size: int, max_depth: int) -> tuple[Tree, float]:
     return Tree.from_parents(parents), expected
 
 
-class CostModel:
-    """Seconds to verify n tokens: decayed mean per measured n, linear fit in between and beyond."""
-
-    def __init__(self) -> None:
-        self.by_size: dict[int, float] = {}
-
-    def observe(self, size: int, seconds: float) -> None:
-        old = self.by_size.get(size)
-        self.by_size[size] = seconds if old is None else 0.7 * old + 0.3 * seconds
-
-    def predict(self, size: int) -> float:
-        if size in self.by_size:
-            return self.by_size[size]
-        points = sorted(self.by_size.items())
-        if len(points) == 1:
-            return points[0][1]
-        n = len(points)
-        mean_x = sum(x for x, _ in points) / n
-        mean_y = sum(y for _, y in points) / n
-        var = sum((x - mean_x) ** 2 for x, _ in points)
-        slope = max(sum((x - mean_x) * (y - mean_y) for x, y in points) / var, 0.0) if var else 0.0
-        return max(mean_y + slope * (size - mean_x), 1e-9)
-
-
 class AutoShapeController:
     """Plans each step's tree (or chain) from measured rank acceptance and measured costs."""
 
@@ -131,12 +107,11 @@ class AutoShapeController:
         free_depth: depth of candidates that cost no draft pass (n-gram copies merged in by a hybrid
         drafter); a plan with no model nodes still lets them be proposed."""
         self.free_depth = free_depth
-        self.costs = costs
+        self._live_costs = costs is None
+        self.costs = CostProfile() if costs is None else costs
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.ranks = RankAcceptance()
-        self.verify_cost = CostModel()
-        self.draft_level_cost: float | None = None
         self._idle_steps = 0
 
     def plan(self, free_expected: float = 0.0, free_nodes: int = 0) -> DraftPlan:
@@ -144,8 +119,8 @@ class AutoShapeController:
         are expected to get accepted and how many nodes they add; the model tree must beat them.
         Conservatively, a tree with both is credited with the larger of the two expectations."""
         p = self.ranks.probabilities()
-        measured = len(self.verify_cost.by_size)
-        if self.costs is None and measured < len(self.EXPLORE):
+        measured = len(self.costs.verify_seconds)
+        if self._live_costs and measured < len(self.EXPLORE):
             tree, _ = best_tree(p, min(self.EXPLORE[measured], self.max_nodes), self.max_depth)
             return DraftPlan(tree.depth, tree)
         best, best_rate = None, -1.0
@@ -154,10 +129,7 @@ class AutoShapeController:
                 break
             tree, expected = best_tree(p, size, self.max_depth)
             verified = size + free_nodes + 1
-            if self.costs is not None:
-                cost = self.costs.draft_level_seconds * tree.depth + self.costs.verify(verified)
-            else:
-                cost = (self.draft_level_cost or 0.0) * tree.depth + self.verify_cost.predict(verified)
+            cost = self.costs.draft_level_seconds * tree.depth + self.costs.verify(verified)
             rate = (1.0 + max(expected, free_expected)) / max(cost, 1e-9)
             if rate > best_rate:
                 best, best_rate = tree, rate
@@ -183,11 +155,5 @@ class AutoShapeController:
         if len(tree) == 0:
             return
         self.ranks.observe(tree, path, planned)
-        if self.costs is not None:
-            return
-        if draft_time is not None:
-            per_level = draft_time / max(tree.depth, 1)
-            old = self.draft_level_cost
-            self.draft_level_cost = per_level if old is None else 0.7 * old + 0.3 * per_level
-        if verify_time is not None:
-            self.verify_cost.observe(len(tree) + 1, verify_time)
+        if self._live_costs:
+            self.costs.observe(tree.depth, len(tree) + 1, draft_time, verify_time)

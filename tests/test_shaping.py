@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from specdec.shaping import AutoShapeController, CostModel, RankAcceptance, best_tree
+from specdec.costs import CostProfile
+from specdec.shaping import AutoShapeController, RankAcceptance, best_tree
 from specdec.tree import Tree
 
 
@@ -59,13 +60,16 @@ def test_rank_acceptance_counts_the_accepted_rank():
     assert p[0] < 0.05 and p[1] > 0.95
 
 
-def test_cost_model_interpolates_linearly():
-    model = CostModel()
-    model.observe(5, 0.010)
-    assert model.predict(20) == pytest.approx(0.010)  # one point: flat
-    model.observe(17, 0.022)
-    assert model.predict(11) == pytest.approx(0.016)
-    assert model.predict(33) == pytest.approx(0.038)
+def test_running_costs_interpolate_linearly():
+    model = CostProfile()
+    model.observe(1, 5, None, 0.010)
+    assert model.verify(20) == pytest.approx(0.010)  # one point: flat
+    model.observe(1, 17, None, 0.022)
+    assert model.verify(11) == pytest.approx(0.016)
+    assert model.verify(33) == pytest.approx(0.038)
+    model.observe(4, 5, 0.004, None)
+    model.observe(2, 5, 0.004, None)  # decayed mean of 0.001 and 0.002 per level
+    assert model.draft_level_seconds == pytest.approx(0.7 * 0.001 + 0.3 * 0.002)
 
 
 def _run(controller, accept_rank0, steps=40, draft=0.001, verify=lambda n: 0.01 + 0.0005 * n):
@@ -92,8 +96,6 @@ def test_auto_stops_drafting_when_nothing_is_accepted_and_drafting_costs():
 
 
 def test_cost_profile_interpolation():
-    from specdec.costs import CostProfile
-
     profile = CostProfile(draft_level_seconds=0.001, verify_seconds={1: 0.010, 5: 0.014, 9: 0.022})
     assert profile.verify(1) == pytest.approx(0.010)
     assert profile.verify(3) == pytest.approx(0.012)
