@@ -149,9 +149,7 @@ class SpeculativeEngine:
                 n_committed - 1 + draft.tree.depth_tensor(),
             ]
         )  # [m + T]
-        attention = torch.zeros(m + t, m + t, dtype=torch.bool)
-        attention[:, :m] = torch.tril(torch.ones(m + t, m, dtype=torch.bool))  # pending: causal, seen by all
-        attention[m:, m:] = draft.tree.ancestor_mask  # nodes: ancestors and themselves
+        attention = draft.tree.block_attention(m)  # [m + T, m + T]
         return self.target.extend(block, num_logits=t + 1, positions=positions, attention=attention)
 
     def _accept(self, draft: Draft, scores: torch.Tensor) -> Accepted:

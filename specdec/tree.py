@@ -148,6 +148,15 @@ class Tree:
                 mask[i] |= mask[parent]
         return mask
 
+    def block_attention(self, num_pending: int) -> torch.Tensor:
+        """[m + T, m + T] bool attention of a verification block: m pending committed tokens
+        (causal among themselves, visible to every node), then the T nodes (ancestors and self)."""
+        m, t = num_pending, len(self)
+        attention = torch.zeros(m + t, m + t, dtype=torch.bool)
+        attention[:, :m] = torch.tril(torch.ones(m + t, m, dtype=torch.bool))
+        attention[m:, m:] = self.ancestor_mask
+        return attention
+
     def depth_tensor(self) -> torch.Tensor:
         """[T] long depths."""
         return torch.tensor(self.depths, dtype=torch.long)

@@ -88,11 +88,12 @@ def _exact_output_distribution(p, q):
     return out
 
 
-def _target_distribution(p):
-    out = torch.zeros((V,) * (K + 1), dtype=torch.float64)
-    for seq in itertools.product(range(V), repeat=K + 1):
+def target_distribution(p, vocab=V, length=K + 1):
+    """P(first `length` tokens) under p(.|prefix) tables, enumerated (float64)."""
+    out = torch.zeros((vocab,) * length, dtype=torch.float64)
+    for seq in itertools.product(range(vocab), repeat=length):
         prob = 1.0
-        for j in range(K + 1):
+        for j in range(length):
             prob *= float(p[seq[:j]][seq[j]])
         out[seq] = prob
     return out
@@ -103,7 +104,7 @@ def _target_distribution(p):
 def test_chain_acceptance_output_equals_target_distribution_exactly(kind, seed):
     p, q = _random_tables(seed, kind)
     produced = _exact_output_distribution(p, q)
-    expected = _target_distribution(p)
+    expected = target_distribution(p)
     assert float(produced.sum()) == pytest.approx(1.0, abs=1e-12)
     assert torch.allclose(produced, expected, atol=1e-12, rtol=0), (produced - expected).abs().max()
 
@@ -117,7 +118,7 @@ def test_a_wrong_rule_is_caught_by_the_enumeration():
         produced = _exact_output_distribution(p, q)
     finally:
         globals()["next_token_distribution"] = original
-    assert not torch.allclose(produced, _target_distribution(p), atol=1e-6)
+    assert not torch.allclose(produced, target_distribution(p), atol=1e-6)
 
 
 def test_sampler_follows_the_enumerated_branch_probabilities():

@@ -15,6 +15,7 @@ from specdec.acceptance import (
     walk_tree,
 )
 from specdec.tree import Tree
+from tests.test_acceptance import target_distribution
 
 V = 3
 # root -> nodes 0, 1; node 0 -> nodes 2, 3; node 1 -> node 4 (depth 2)
@@ -147,16 +148,6 @@ def exact_tree_step_distribution(p, q, kinds_by_parent):
     return out
 
 
-def target_distribution(p):
-    out = torch.zeros((V,) * (DEPTH + 1), dtype=torch.float64)
-    for seq in itertools.product(range(V), repeat=DEPTH + 1):
-        mass = 1.0
-        for j in range(DEPTH + 1):
-            mass *= float(p[seq[:j]][seq[j]])
-        out[seq] = mass
-    return out
-
-
 S, W, D = NodeKind.SAMPLED, NodeKind.SAMPLED_WITHOUT_REPLACEMENT, NodeKind.DETERMINISTIC
 KIND_SETS = {
     "iid": {-1: [S, S], 0: [S, S], 1: [S]},
@@ -172,7 +163,7 @@ def test_tree_step_output_equals_target_distribution(kinds, seed):
     p, q = _tables(seed, support_zero=seed == 2)
     produced = exact_tree_step_distribution(p, q, KIND_SETS[kinds])
     assert float(produced.sum()) == pytest.approx(1.0, abs=1e-9)
-    assert torch.allclose(produced, target_distribution(p), atol=1e-9, rtol=0)
+    assert torch.allclose(produced, target_distribution(p, V, DEPTH + 1), atol=1e-9, rtol=0)
 
 
 def test_enumeration_catches_a_wrong_kind():
@@ -192,7 +183,7 @@ def test_enumeration_catches_a_wrong_kind():
         produced = exact_tree_step_distribution(p, q, wrong)
     finally:
         globals()["_sibling_proposals"] = original
-    assert not torch.allclose(produced, target_distribution(p), atol=1e-6)
+    assert not torch.allclose(produced, target_distribution(p, V, DEPTH + 1), atol=1e-6)
 
 
 def test_chain_shaped_tree_equals_chain_rule_draw_for_draw():
@@ -230,4 +221,4 @@ def test_tree_step_exact_for_random_distributions(seed, kinds, zeros):
     """Hypothesis: random p and q (with zeros in p where q has mass) and every proposal kind."""
     p, q = _tables(seed, support_zero=zeros)
     produced = exact_tree_step_distribution(p, q, KIND_SETS[kinds])
-    assert torch.allclose(produced, target_distribution(p), atol=1e-9, rtol=0)
+    assert torch.allclose(produced, target_distribution(p, V, DEPTH + 1), atol=1e-9, rtol=0)

@@ -31,10 +31,9 @@ def _verify_tree(runner, committed, pending, tree, tokens):
     m, t = pending.shape[0], len(tree)
     n = committed.shape[0] + m
     positions = torch.cat([torch.arange(committed.shape[0], n), n - 1 + tree.depth_tensor()])
-    attention = torch.zeros(m + t, m + t, dtype=torch.bool)
-    attention[:, :m] = torch.tril(torch.ones(m + t, m, dtype=torch.bool))
-    attention[m:, m:] = tree.ancestor_mask
-    return runner.extend(torch.cat([pending, tokens]), t + 1, positions, attention)  # [T + 1, V]
+    return runner.extend(
+        torch.cat([pending, tokens]), t + 1, positions, tree.block_attention(m)
+    )  # [T + 1, V]
 
 
 @pytest.mark.parametrize("spec", SHAPES, ids=str)
