@@ -85,3 +85,18 @@ def test_auto_merges_ngram_candidates_when_greedy(target):
     out = spec.generate(ids, max_new_tokens=30)
     assert torch.equal(out, target.generate(ids, max_new_tokens=30, do_sample=False))
     assert "prompt-lookup" in spec.stats.per_source
+
+
+def test_auto_sampling_is_unaffected_by_an_earlier_greedy_call(target):
+    """Greedy steps merge chosen tokens; they must not leave the draft model choosing when sampling."""
+    draft = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
+    profile = specdec.costs.CostProfile(draft_level_seconds=1e-4, verify_seconds={1: 0.01, 65: 0.012})
+    ids = repetitive_prompt(5)
+    kwargs = dict(max_new_tokens=20, do_sample=True, temperature=0.9, top_k=6)
+    fresh = specdec.wrap(target, draft, strategy="auto")
+    fresh.cost_profile = profile
+    expected = fresh.generate(ids, generator=torch.Generator().manual_seed(2), **kwargs)
+    used = specdec.wrap(target, draft, strategy="auto")
+    used.cost_profile = profile
+    used.generate(ids, max_new_tokens=20)  # greedy first
+    assert torch.equal(used.generate(ids, generator=torch.Generator().manual_seed(2), **kwargs), expected)

@@ -132,20 +132,15 @@ class HybridDrafter:
             return len(parents) - 1
 
         if not skip_model:
-            share = self.rate(MODEL) / (self.rate(MODEL) + self.rate(NGRAM))
-            budget = max(2, round(2 * self.model_budget * share))
-            self.model.shape = TreeShape(
-                mode="dynamic",
-                budget=budget,
-                branch=4,
-                beam=4,
-                deterministic=True,
-            )
-            model_depth = min(max_depth, self.model_depth)
             if tree is not None:
-                self.model.shape = TreeShape(mode="static", tree=tree, deterministic=True)
+                shape = TreeShape(mode="static", tree=tree, deterministic=True)
                 model_depth = max_depth
-            draft = self.model.propose(sequence, model_depth, pipeline, generator)
+            else:
+                share = self.rate(MODEL) / (self.rate(MODEL) + self.rate(NGRAM))
+                budget = max(2, round(2 * self.model_budget * share))
+                shape = TreeShape(mode="dynamic", budget=budget, branch=4, beam=4, deterministic=True)
+                model_depth = min(max_depth, self.model_depth)
+            draft = self.model.propose_shaped(shape, sequence, model_depth, pipeline, generator)
             merged: dict[int, int] = {}
             for i, (parent, token) in enumerate(zip(draft.tree.parents, draft.tokens.tolist(), strict=True)):
                 merged[i] = insert(merged[parent] if parent >= 0 else -1, token, MODEL, i)

@@ -70,7 +70,6 @@ class ModelDrafter:
         self.target_vocab_size = target_vocab_size
         self.target_device = target_device
         self.shape = shape or TreeShape()
-        self._committed = 0  # draft cache rows holding committed tokens
         self._node_rows: dict[int, int] = {}  # node index -> draft cache row, for nodes fed this step
 
     @property
@@ -92,16 +91,35 @@ class ModelDrafter:
     ) -> Draft:
         """A tree of depth <= max_depth after `sequence` ([1, N] committed tokens); `tree` overrides
         the drafter's own shape for this step (a static tree planned at run time)."""
-        if tree is not None and len(tree) == 0:
+        if tree is None:
+            return self._propose(sequence, max_depth, pipeline, generator)
+        shape = TreeShape(mode="static", tree=tree, deterministic=self.shape.deterministic)
+        return self.propose_shaped(shape, sequence, max_depth, pipeline, generator)
+
+    def propose_shaped(
+        self,
+        shape: TreeShape,
+        sequence: torch.Tensor,
+        max_depth: int,
+        pipeline: LogitsPipeline,
+        generator: torch.Generator | None,
+    ) -> Draft:
+        """`propose` with `shape` in place of the drafter's own shape, for this call only."""
+        if shape.mode == "static" and len(shape.tree) == 0:
             return Draft(sequence.new_empty(0))
-        if tree is not None:
-            saved = self.shape
-            self.shape = TreeShape(mode="static", tree=tree, deterministic=saved.deterministic)
-            try:
-                return self.propose(sequence, max_depth, pipeline, generator)
-            finally:
-                self.shape = saved
-        self._committed = sequence.shape[1]
+        saved, self.shape = self.shape, shape
+        try:
+            return self._propose(sequence, max_depth, pipeline, generator)
+        finally:
+            self.shape = saved
+
+    def _propose(
+        self,
+        sequence: torch.Tensor,
+        max_depth: int,
+        pipeline: LogitsPipeline,
+        generator: torch.Generator | None,
+    ) -> Draft:
         self._node_rows = {}
         pending = sequence[0, self.runner.length :]  # [m] committed tokens the draft has not seen
         root_logits = self.runner.extend(pending, num_logits=1)  # [1, V_draft]
