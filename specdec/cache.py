@@ -31,29 +31,27 @@ def truncate_cache(cache: DynamicCache, length: int) -> None:
         cache.crop(-(held - length))
 
 
-def _layers(cache: DynamicCache):
-    """(keys, values) tensor pairs per layer, [B, H_kv, L, D] each, across cache layouts."""
+def cache_tensors(cache: DynamicCache) -> list[torch.Tensor]:
+    """Every key and value tensor of the cache, [B, H_kv, L, D] each, across cache layouts."""
     if hasattr(cache, "layers"):
-        return [(layer, "keys", "values") for layer in cache.layers]
-    return [(cache, ("key_cache", i), ("value_cache", i)) for i in range(len(cache.key_cache))]
+        return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [*cache.key_cache, *cache.value_cache]
+
+
+def compact_rows(tensors: list[torch.Tensor], start: int, rows: list[int], held: int) -> None:
+    """In each [B, H, L, D] tensor, move positions `rows` (distinct, ascending, in [start, held);
+    e.g. the accepted path of a token tree) to start, start + 1, ...; the caller then keeps
+    start + len(rows) positions. No recomputation."""
+    if any(r < start or r >= held for r in rows) or list(rows) != sorted(set(rows)):
+        raise ValueError(f"rows {rows} must be distinct ascending positions in [{start}, {held})")
+    if list(rows) == list(range(start, start + len(rows))):
+        return
+    for tensor in tensors:
+        index = torch.tensor(rows, device=tensor.device)
+        tensor[:, :, start : start + len(rows)] = tensor.index_select(2, index)
 
 
 def compact_cache(cache: DynamicCache, start: int, rows: list[int]) -> None:
-    """Keep positions [0, start) and then `rows` (ascending positions >= start, e.g. the accepted
-    path of a token tree), moved to start, start + 1, ...; drop everything else. No recomputation."""
-    held = cache_length(cache)
-    if any(r < start or r >= held for r in rows) or list(rows) != sorted(set(rows)):
-        raise ValueError(f"rows {rows} must be distinct ascending positions in [{start}, {held})")
-    if list(rows) != list(range(start, start + len(rows))):
-        for owner, key_name, value_name in _layers(cache):
-            for name in (key_name, value_name):
-                tensor = _get(owner, name)  # [B, H, L, D]
-                index = torch.tensor(rows, device=tensor.device)
-                tensor[:, :, start : start + len(rows)] = tensor.index_select(2, index)
+    """Keep positions [0, start) and then `rows`, moved to start, start + 1, ...; drop the rest."""
+    compact_rows(cache_tensors(cache), start, rows, cache_length(cache))
     truncate_cache(cache, start + len(rows))
-
-
-def _get(owner, name):
-    if isinstance(name, tuple):
-        return getattr(owner, name[0])[name[1]]
-    return getattr(owner, name)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from specdec.cache import compact_rows
 from specdec.models.runner import (
     CausalRunner,
     check_extend,
@@ -140,12 +141,7 @@ class LlamaRunner:
     @torch.inference_mode()
     def compact(self, start: int, rows: list[int]) -> None:
         """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
-        if any(r < start or r >= self.length for r in rows) or list(rows) != sorted(set(rows)):
-            raise ValueError(f"rows {rows} must be distinct ascending positions in [{start}, {self.length})")
-        if list(rows) != list(range(start, start + len(rows))):
-            for cache in (*self._keys, *self._values):
-                index = torch.tensor(rows, device=cache.device)
-                cache[:, :, start : start + len(rows)] = cache.index_select(2, index)
+        compact_rows([*self._keys, *self._values], start, rows, self.length)
         self.length = start + len(rows)
 
 
