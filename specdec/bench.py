@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import specdec
+from specdec.config import strategy_needs_draft
 from specdec.stats import GenerationStats
 
 Method = Callable[[torch.Tensor], tuple[torch.Tensor, GenerationStats | None]]
@@ -92,7 +93,7 @@ def strategy_methods(target, draft, strategies: Sequence[str], gen_kwargs: dict)
     """specdec strategies, one SpeculativeModel each (caches and cost profiles reused across calls)."""
     methods: dict[str, Method] = {}
     for strategy in strategies:
-        spec = specdec.wrap(target, None if strategy == "prompt-lookup" else draft, strategy=strategy)
+        spec = specdec.wrap(target, draft if strategy_needs_draft(strategy) else None, strategy=strategy)
 
         def run(ids, spec=spec):
             return spec.generate(ids, **gen_kwargs), spec.stats

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
-
-import torch
 
 from specdec.cli_commands import add_bench_parser, add_generate_parser
 from specdec.config import STRATEGIES
@@ -45,31 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     import specdec
-    from specdec.models.embedded import EmbeddedPairError, heldout_code_prompts, load_embedded_pair
+    from specdec.bench import baseline_methods, run_benchmark, summarize
+    from specdec.config import strategy_needs_draft
+    from specdec.models.embedded import heldout_code_prompts, load_embedded_pair
 
     if args.max_new_tokens < 1 or args.prompt_tokens < 1 or args.repeats < 1 or args.prompt_index < 0:
         print("specdec demo: --max-new-tokens, --prompt-tokens and --repeats must be >= 1", file=sys.stderr)
         return 2
-    try:
-        target, draft, tokenizer = load_embedded_pair(path=args.pair)
-    except EmbeddedPairError as error:
-        print(f"specdec demo: {error}", file=sys.stderr)
-        return 1
+    target, draft, tokenizer = load_embedded_pair(path=args.pair)
     prompt = heldout_code_prompts(
         tokenizer, num_prompts=args.prompt_index + 1, prompt_tokens=args.prompt_tokens
     )[args.prompt_index]
     ids = tokenizer(prompt, return_tensors="pt").input_ids  # [1, L]
-    spec = specdec.wrap(target, None if args.strategy == "prompt-lookup" else draft, strategy=args.strategy)
+    spec = specdec.wrap(
+        target, draft if strategy_needs_draft(args.strategy) else None, strategy=args.strategy
+    )
     new = args.max_new_tokens
 
     sizes = (
@@ -81,33 +72,24 @@ def run_demo(args: argparse.Namespace) -> int:
         print(prompt, end="", flush=True)
         spec.generate(ids, max_new_tokens=new, streamer=TextStreamer(tokenizer, skip_prompt=True))
         print("\n" + "-" * 72)
-    else:  # warm-up
-        spec.generate(ids, max_new_tokens=min(new, 8))
-    target.generate(ids, max_new_tokens=min(new, 8), do_sample=False)
 
-    target_times, spec_times, stats = [], [], []
-    reference = output = None
-    for _ in range(args.repeats):
-        seconds, reference = _timed(lambda: target.generate(ids, max_new_tokens=new, do_sample=False))
-        target_times.append(seconds)
-        seconds, output = _timed(lambda: spec.generate(ids, max_new_tokens=new))
-        spec_times.append(seconds)
-        stats.append(spec.stats)
-    generated = reference.shape[1] - ids.shape[1]
-    t_target = sorted(target_times)[len(target_times) // 2]
-    t_spec = sorted(spec_times)[len(spec_times) // 2]
-    last = stats[-1]
-    identical = torch.equal(reference, output)
-    print(f"{'method':<34}{'tokens/s':>10}{'speedup':>9}{'tau':>7}")
-    print(f"{'target generate() (transformers)':<34}{generated / t_target:>10.1f}{1.0:>9.2f}{1.0:>7.2f}")
     name = f"specdec {args.strategy}"
-    print(f"{name:<34}{generated / t_spec:>10.1f}{t_target / t_spec:>9.2f}{last.tau:>7.2f}")
-    per_depth = " ".join(f"{a:.2f}" for a in last.acceptance_per_position)
+    methods = baseline_methods(target, draft, ["target"], {"max_new_tokens": new, "do_sample": False})
+    methods[name] = lambda prompt_ids: (spec.generate(prompt_ids, max_new_tokens=new), spec.stats)
+    results = run_benchmark(methods, [ids], repeats=args.repeats)
+    rows = {row["method"]: row for row in summarize(results)}
+    ours = next(r for r in results if r.method == name)
+    target_rate = rows["target"]["tokens_per_second"]
+    print(f"{'method':<34}{'tokens/s':>10}{'speedup':>9}{'tau':>7}")
+    print(f"{'target generate() (transformers)':<34}{target_rate:>10.1f}{1.0:>9.2f}{1.0:>7.2f}")
+    print(f"{name:<34}{ours.tokens_per_second:>10.1f}{rows[name]['speedup']:>9.2f}{ours.tau:>7.2f}")
+    per_depth = " ".join(f"{a:.2f}" for a in ours.acceptance_per_depth)
     print(f"acceptance per depth: [{per_depth}]")
-    print(
-        f"time split (specdec, last run): draft {last.draft_time:.3f}s, verify {last.verify_time:.3f}s, "
-        f"rest {last.rest_time:.3f}s; {generated} tokens, median of {args.repeats} runs, greedy"
-    )
+    last = spec.stats
+    split = f"draft {last.draft_time:.3f}s, verify {last.verify_time:.3f}s, rest {last.rest_time:.3f}s"
+    split += f"; {ours.new_tokens} tokens"
+    print(f"time split (specdec, last run): {split}, median of {args.repeats} runs, greedy")
+    identical = bool(ours.identical_to_target)
     print(f"output identical to the target's own generate(): {'yes' if identical else 'NO'}")
     return 0 if identical else 1
 

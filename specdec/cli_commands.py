@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from specdec.config import STRATEGIES
+from specdec.config import STRATEGIES, strategy_needs_draft
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,19 +102,17 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"do_sample": True, "temperature": args.temperature}
 
 
-def _uses_draft(strategy: str) -> bool:
-    return strategy not in ("prompt-lookup", "none")
-
-
 def run_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     import specdec
 
     target, draft, tokenizer = load_models(args)
-    if _uses_draft(args.strategy) and draft is None:
+    if strategy_needs_draft(args.strategy) and draft is None:
         raise SystemExit(f"specdec generate: strategy {args.strategy} needs --draft")
-    spec = specdec.wrap(target, draft if _uses_draft(args.strategy) else None, strategy=args.strategy)
+    spec = specdec.wrap(
+        target, draft if strategy_needs_draft(args.strategy) else None, strategy=args.strategy
+    )
     if args.chat:
         if not getattr(tokenizer, "chat_template", None):
             raise SystemExit("specdec generate: --chat needs a tokenizer with a chat template")
@@ -188,7 +186,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"specdec bench: unknown strategy {unknown[0]!r}; valid: {', '.join(STRATEGIES)}")
     records = read_prompts(args.prompts) if args.prompts else None
     target, draft, tokenizer = load_models(args)
-    if draft is None and any(_uses_draft(s) for s in strategies):
+    if draft is None and any(strategy_needs_draft(s) for s in strategies):
         raise SystemExit("specdec bench: these strategies need --draft")
     if draft is not None:  # vocabularies are checked before any timing starts
         specdec.wrap(target, draft, tokenizer=tokenizer)

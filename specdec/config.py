@@ -8,6 +8,12 @@ from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
 
 STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "hybrid", "auto", "none")
 
+
+def strategy_needs_draft(strategy: str) -> bool:
+    """Whether a strategy drafts with a draft model (prompt lookup and "none" do not)."""
+    return strategy not in ("prompt-lookup", "none")
+
+
 #: The static tree used by strategy="tree" when none is given: 4 + 8 + 16 + 16 = 44 nodes.
 DEFAULT_TREE = (4, 2, 2, 1)
 
@@ -95,7 +101,7 @@ class SpecConfig:
 
     @property
     def needs_draft_model(self) -> bool:
-        return self.strategy not in ("prompt-lookup", "none")
+        return strategy_needs_draft(self.strategy)
 
     @property
     def static_tree(self) -> Tree | None:
