@@ -19,9 +19,15 @@ def expected_tokens(alpha: float, k: int) -> float:
         return float(k + 1)
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
+#: With min_k = 0, after this many steps without a draft one step drafts k = 1 to re-measure alpha.
+PROBE_EVERY = 16
+
 
 class DraftLengthController:
     """Fixed k when `fixed_k` is set; otherwise the k with the best expected tokens per second.
+
+    min_k: the smallest k considered; 0 (for batches, where verifying k + 1 tokens per row can cost
+    more than it gains) compares against plain decoding, E(0) = 1 token per verify(1).
 
     costs: a measured CostProfile; when given, costs are not re-measured during generation, so the
     k schedule depends only on acceptance (reproducible seeded sampling). Without it, costs are
@@ -37,11 +43,14 @@ class DraftLengthController:
         prior_weight: float = 2.0,
         decay: float = 0.9,
         costs: CostProfile | None = None,
+        min_k: int = 1,
     ) -> None:
         self._live_costs = costs is None
         self.costs = CostProfile() if costs is None else costs
         self.max_k = max_k
         self.fixed_k = fixed_k
+        self.min_k = min_k  # 0 lets a measured profile choose no draft at all (batches)
+        self._undrafted_steps = 0
         self.initial_k = min(initial_k, max_k)
         self.decay = decay
         self._accepted = prior_alpha * prior_weight  # decayed count of accepted draft tokens
@@ -57,12 +66,18 @@ class DraftLengthController:
         if not self.costs.verify_seconds:
             return self.initial_k
         alpha = min(self.alpha, 0.999)
-        best_k, best_rate = 1, -1.0
-        for k in range(1, self.max_k + 1):
+        best_k, best_rate = max(self.min_k, 1), -1.0
+        for k in range(self.min_k, self.max_k + 1):
             cost = k * self.costs.draft_level_seconds + self.costs.verify(k + 1)
             rate = expected_tokens(alpha, k) / max(cost, 1e-9)
             if rate > best_rate:
                 best_k, best_rate = k, rate
+        if best_k == 0:
+            # without drafts alpha is never measured again: probe with k = 1 now and then
+            self._undrafted_steps += 1
+            if self._undrafted_steps > PROBE_EVERY:
+                self._undrafted_steps = 0
+                return 1
         return best_k
 
     def plan(self, free_expected: float = 0.0, free_nodes: int = 0) -> DraftPlan:

@@ -72,3 +72,50 @@ def measure_costs(
         profile.draft_level_seconds = _median(times[1:])
         model.begin()
     return profile
+
+
+def measure_batch_costs(
+    target,
+    draft,
+    batch_size: int,
+    max_verify_tokens: int,
+    repeats: int = 3,
+    prompt_tokens: int = 32,
+) -> CostProfile:
+    """A CostProfile at `batch_size` rows: target passes verifying 1, 2, 3, 5, 9, ... tokens per row
+    and one draft level (one token per row), on batch-capable runners (`LlamaRunner`). Leaves both
+    runners reset to one row."""
+    context = target.context_length or 4096
+    prompt_tokens = max(1, min(prompt_tokens, context - max_verify_tokens - 1))
+    vocab = target.vocab_size
+    prompt = (torch.arange(prompt_tokens) * 5 % max(vocab - 3, 1) + 3).expand(batch_size, -1)  # [B, P]
+    first = torch.zeros(batch_size, 1, dtype=torch.long)  # [B, 1] logit rows
+
+    def timed(runner, n: int) -> float:
+        tokens = (torch.arange(n) * 7 % max(vocab - 3, 1) + 3).expand(batch_size, -1)  # [B, n]
+        rows = torch.arange(n)[None].expand(batch_size, -1)  # [B, n]
+        mask = torch.tril(torch.ones(1, n, n, dtype=torch.bool))
+        times = []
+        for _ in range(repeats + 1):  # the first run warms up
+            _synchronize(runner.device)
+            start = time.perf_counter()
+            runner.extend_rows(tokens.to(runner.device), [n] * batch_size, None, mask, rows)
+            _synchronize(runner.device)
+            times.append(time.perf_counter() - start)
+            runner.compact_rows([prompt_tokens] * batch_size, [[]] * batch_size)
+        return _median(times[1:])
+
+    profile = CostProfile()
+    sizes = [n for n in (1, 2, 3, 5, 9, 17, 33, 65, 129) if n <= max(max_verify_tokens, 1)]
+    for runner in (target, draft):
+        if runner is None:
+            continue
+        runner.reset(batch_size)
+        runner.extend_rows(prompt.to(runner.device), [prompt_tokens] * batch_size, None, None, first)
+        if runner is target:
+            profile.verify_seconds = {n: timed(runner, n) for n in sizes}
+        else:
+            profile.draft_level_seconds = timed(runner, 1)
+            profile.draft_measured = True
+        runner.reset(1)
+    return profile

@@ -153,15 +153,25 @@ class SpeculativeEngine:
         return self.target.extend(block, num_logits=t + 1, positions=positions, attention=attention)
 
     def _accept(self, draft: Draft, scores: torch.Tensor) -> Accepted:
-        tree = draft.tree
-        if not self.pipeline.do_sample:
-            if tree.is_chain:
-                return accept_greedy_chain(draft.tokens, scores)
-            return accept_greedy_tree(tree, draft.tokens, scores)
-        p = probabilities(scores)
-        kinds = draft.kinds
-        if tree.is_chain and (kinds is None or bool((kinds == kinds[:1]).all())):
-            deterministic = kinds is not None and len(kinds) and int(kinds[0]) == NodeKind.DETERMINISTIC
-            q = None if deterministic else draft.q
-            return accept_stochastic_chain(draft.tokens, p, q, self.generator)
-        return accept_stochastic_tree(tree, draft.tokens, p, draft.q, draft.kinds, self.generator)
+        return accept_draft(draft, scores, self.pipeline.do_sample, self.generator)
+
+
+def accept_draft(
+    draft: Draft, scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None
+) -> Accepted:
+    """The acceptance rule for a draft: greedy or exact stochastic, chain or tree.
+
+    scores: [T + 1, V] processed target scores (row 0 at the root, row i + 1 after node i).
+    """
+    tree = draft.tree
+    if not do_sample:
+        if tree.is_chain:
+            return accept_greedy_chain(draft.tokens, scores)
+        return accept_greedy_tree(tree, draft.tokens, scores)
+    p = probabilities(scores)
+    kinds = draft.kinds
+    if tree.is_chain and (kinds is None or bool((kinds == kinds[:1]).all())):
+        deterministic = kinds is not None and len(kinds) and int(kinds[0]) == NodeKind.DETERMINISTIC
+        q = None if deterministic else draft.q
+        return accept_stochastic_chain(draft.tokens, p, q, generator)
+    return accept_stochastic_tree(tree, draft.tokens, p, draft.q, draft.kinds, generator)

@@ -17,6 +17,16 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from specdec.adaptive import DraftLengthController
+from specdec.batch import BatchSpeculativeEngine
+from specdec.batch_generate import (
+    batch_controller,
+    batch_costs,
+    batch_prompts,
+    check_batch_options,
+    generate_batch,
+    pad_id,
+    pad_outputs,
+)
 from specdec.calibration import measure_costs
 from specdec.config import SpecConfig
 from specdec.costs import CostProfile
@@ -87,6 +97,7 @@ class SpeculativeModel:
         #: generate() that needs it and then kept (set it to reuse a profile across processes).
         self.cost_profile: CostProfile | None = None
         self._target_runner = make_runner(target, runtime)
+        self._batch_profiles: dict[int, CostProfile | None] = {}  # batch size -> measured costs
         self._drafter = self._make_drafter(draft, draft_tokenizer)
 
     def _make_drafter(self, draft: PreTrainedModel | None, draft_tokenizer) -> Drafter:
@@ -183,12 +194,19 @@ class SpeculativeModel:
     ) -> torch.Tensor | GenerateDecoderOnlyOutput:
         """Generate like `target.generate(...)`, speculatively.
 
-        inputs / input_ids: [1, L] prompt ids (left padding allowed through attention_mask).
+        inputs / input_ids: [B, L] prompt ids (left padding through attention_mask); B > 1 runs the
+        chain, tree and none strategies on Llama-layout models (see specdec.batch).
         generator: a torch.Generator for the draws (specdec extension); default: torch's global RNG.
-        Returns [1, L + new] ids, or a GenerateDecoderOnlyOutput when return_dict_in_generate=True.
+        Returns [B, L + new] ids (rows that stop early padded with pad_token_id), or a
+        GenerateDecoderOnlyOutput when return_dict_in_generate=True.
         """
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
         attention_mask = kwargs.pop("attention_mask", None)
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[0] > 1:
+            return self._generate_batch(
+                input_ids, attention_mask, generation_config, logits_processor, stopping_criteria,
+                streamer, generator, kwargs,
+            )  # fmt: skip
         prompt, pad_prefix = _prompt_tokens(input_ids, attention_mask)
         gen_config = self._generation_config(generation_config, kwargs)
         prompt = prompt.to(self._target_runner.device)
@@ -259,6 +277,56 @@ class SpeculativeModel:
             )
         return output
 
+    def _generate_batch(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        generation_config: GenerationConfig | None,
+        logits_processor: LogitsProcessorList | None,
+        stopping_criteria: StoppingCriteriaList | None,
+        streamer,
+        generator: torch.Generator | None,
+        kwargs: dict,
+    ) -> torch.Tensor | GenerateDecoderOnlyOutput:
+        """generate() for input_ids [B, L], B > 1: every row exactly as the target alone would."""
+        gen_config = self._generation_config(generation_config, kwargs)
+        draft = self._drafter.runner if isinstance(self._drafter, ModelDrafter) else None
+        check_batch_options(self.config, gen_config, streamer, self._target_runner, draft)
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty: give at least one prompt token (e.g. the BOS token).")
+        prompts = batch_prompts(input_ids, attention_mask)
+        max_new_tokens = _max_new_tokens(gen_config, input_ids.shape[1])
+        longest = max(p.shape[0] for p in prompts)
+        context = self._target_runner.context_length
+        if context is not None and longest + max_new_tokens > context:
+            raise ValueError(
+                f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                f"target's context of {context} positions; shorten it or lower max_new_tokens."
+            )
+        eos_ids = _as_id_list(gen_config.eos_token_id)
+        pad = pad_id(gen_config, eos_ids)
+        if pad is None and stopping_criteria:
+            raise ValueError(
+                "rows may stop at different lengths: set pad_token_id (or an EOS id) to pad them."
+            )
+        batch = input_ids.shape[0]
+        if batch not in self._batch_profiles:
+            self._batch_profiles[batch] = batch_costs(self._target_runner, draft, batch, self.config)
+        template, controller = batch_controller(self.config, batch, self._batch_profiles[batch])
+        stats = GenerationStats()
+        self.stats = stats
+        engine = BatchSpeculativeEngine(self._target_runner, draft, template, controller, stats, generator)
+        start = time.perf_counter()
+        new_tokens = generate_batch(
+            engine, prompts, gen_config, max_new_tokens, eos_ids, logits_processor, stopping_criteria
+        )
+        stats.new_tokens = sum(int(t.shape[0]) for t in new_tokens)
+        stats.total_time = time.perf_counter() - start
+        output = pad_outputs(input_ids, new_tokens, pad)
+        if gen_config.return_dict_in_generate:
+            return GenerateDecoderOnlyOutput(sequences=output)
+        return output
+
     def _generation_config(
         self, generation_config: GenerationConfig | None, kwargs: dict
     ) -> GenerationConfig:
@@ -310,10 +378,6 @@ def _prompt_tokens(input_ids: torch.Tensor | None, attention_mask: torch.Tensor 
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         got = getattr(input_ids, "shape", type(input_ids))
         raise ValueError(f"input_ids must be a 2-D tensor [batch, length], got {got}.")
-    if input_ids.shape[0] != 1:
-        raise ValueError(
-            f"batch size {input_ids.shape[0]} is not supported yet (only 1); call generate() once per prompt."
-        )
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty: give at least one prompt token (e.g. the BOS token).")
     if attention_mask is None:

@@ -19,7 +19,6 @@ from specdec.models.runner import (
     CausalRunner,
     check_extend,
     context_length,
-    full_attention,
     model_device,
     vocab_size,
 )
@@ -40,7 +39,12 @@ def supports_llama_runner(model: PreTrainedModel) -> bool:
 
 
 class LlamaRunner:
-    """Incremental forward passes of a Llama-layout model over a preallocated KV cache."""
+    """Incremental forward passes of a Llama-layout model over a preallocated KV cache.
+
+    The cache holds B rows (`reset(batch_size)`); row b keeps its own length `lengths[b]` and its
+    positions [0, lengths[b]) are contiguous, so rows of a batch may hold different numbers of tokens.
+    The one-row methods (`extend`, `truncate`, `compact`, `length`) are the B = 1 case.
+    """
 
     def __init__(self, model: PreTrainedModel, max_length: int | None = None) -> None:
         if not supports_llama_runner(model):
@@ -58,20 +62,26 @@ class LlamaRunner:
         # Positions never pass the context, but a verified tree briefly holds up to MAX_TREE_NODES rows
         # (+ the pending tokens) beyond the committed ones, so the cache has room for them.
         self._capacity = (max_length or self.context_length or 4096) + MAX_TREE_NODES + 8
-        self._keys: list[torch.Tensor] = []  # per layer [1, H_kv, capacity, D]
+        self._keys: list[torch.Tensor] = []  # per layer [B, H_kv, capacity, D]
         self._values: list[torch.Tensor] = []
-        self.length = 0
+        self.batch_size = 1
+        self.lengths: list[int] = [0]
 
-    def reset(self) -> None:
-        self.length = 0
+    # ------------------------------------------------------------------ one-row interface
+    @property
+    def length(self) -> int:
+        """Positions held by the single row (batch size 1)."""
+        self._require_one_row()
+        return self.lengths[0]
 
-    def _allocate(self, dtype: torch.dtype) -> None:
-        shape = (1, self._kv_heads, self._capacity, self._head_dim)
-        for layer in self._layers:
-            device = layer.self_attn.k_proj.weight.device
-            device = self.device if device.type == "meta" else device
-            self._keys.append(torch.empty(shape, dtype=dtype, device=device))
-            self._values.append(torch.empty(shape, dtype=dtype, device=device))
+    def reset(self, batch_size: int = 1) -> None:
+        """Forget every row; the next passes run `batch_size` rows (the cache is reused when it fits)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self._keys and self._keys[0].shape[0] != batch_size:
+            self._keys, self._values = [], []
+        self.batch_size = batch_size
+        self.lengths = [0] * batch_size
 
     @torch.inference_mode()
     def extend(
@@ -82,67 +92,192 @@ class LlamaRunner:
         attention: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Same contract as `CausalRunner.extend`: tokens [n] -> logits [num_logits, V]."""
+        self._require_one_row()
         n = tokens.shape[0]
         check_extend(n, num_logits)
-        start = self.length
-        end = start + n
-        if end > self._capacity:
-            raise ValueError(f"the KV cache holds {self._capacity} positions; {end} were asked for")
+        if attention is not None and attention.shape not in ((n, n), (n, self.lengths[0] + n)):
+            raise ValueError(
+                f"attention must be [{n}, {n}] or [{n}, cached + {n}], got {tuple(attention.shape)}"
+            )
+        logit_rows = torch.arange(n - num_logits, n, device=self.device)[None]  # [1, num_logits]
+        logits = self.extend_rows(
+            tokens[None],
+            [n],
+            None if positions is None else positions[None],
+            None if attention is None else attention[None],
+            logit_rows,
+        )
+        return logits[0]  # [num_logits, V]
+
+    def truncate(self, length: int) -> None:
+        self._require_one_row()
+        if not 0 <= length <= self.lengths[0]:
+            raise ValueError(f"cannot truncate a cache of {self.lengths[0]} positions to {length}")
+        self.lengths[0] = length
+
+    def compact(self, start: int, rows: list[int]) -> None:
+        """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
+        self._require_one_row()
+        self.compact_rows([start], [rows])
+
+    def _require_one_row(self) -> None:
+        if self.batch_size != 1:
+            raise ValueError(f"this call is for one row; the runner holds {self.batch_size}")
+
+    # ------------------------------------------------------------------ batched interface
+    @torch.inference_mode()
+    def extend_rows(
+        self,
+        tokens: torch.Tensor,
+        counts: list[int],
+        positions: torch.Tensor | None,
+        attention: torch.Tensor | None,
+        logit_rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Append a block of new tokens to every row; return logits of chosen block rows.
+
+        tokens: [B, n]; row b's first counts[b] tokens are real and go to positions lengths[b], ...;
+        the rest is padding (written past the row's end, never attended by real tokens, and then
+        overwritten). positions: [B, n] position ids (default consecutive). attention: [B or 1, n, n]
+        bool among the block (every earlier position of the row visible; padding rows must see at
+        least themselves), or [B or 1, n, W] over absolute cache columns [0, W) including the block
+        at [lengths[b], lengths[b] + n); None = causal. logit_rows: [B, r] block indices.
+        Returns [B, r, V] logits.
+        """
+        batch, n = tokens.shape
+        if batch != self.batch_size or len(counts) != batch:
+            raise ValueError(f"the runner holds {self.batch_size} rows; got tokens for {batch}")
+        starts = list(self.lengths)
+        width = max(starts) + n
+        if width > self._capacity:
+            raise ValueError(f"the KV cache holds {self._capacity} positions; {width} were asked for")
+        if any(not 0 <= c <= n for c in counts):
+            raise ValueError(f"counts must be in [0, {n}], got {counts}")
+        device = self.device
+        start_tensor = torch.tensor(starts, device=device)  # [B]
+        slots = start_tensor[:, None] + torch.arange(n, device=device)  # [B, n] cache positions
         if positions is None:
-            positions = torch.arange(start, end, device=self.device)
-        mask = self._mask(n, start, attention)  # [1, 1, n, end] bool or None
-        hidden = self._inner.embed_tokens(tokens.to(self.device)[None])  # [1, n, H]
+            positions = slots
+        mask = self._mask(start_tensor, n, width, attention)  # [B, 1, n, width] bool or None
+        hidden = self._inner.embed_tokens(tokens.to(device))  # [B, n, H]
         if not self._keys:
             self._allocate(hidden.dtype)
-        cos, sin = self._inner.rotary_emb(hidden, positions.to(self.device)[None])  # [1, n, D] each
+        cos, sin = self._inner.rotary_emb(hidden, positions.to(device))  # [B, n, D] each
+        uniform = len(set(starts)) == 1
         for index, layer in enumerate(self._layers):
-            hidden = hidden + self._attention(
-                index, layer, layer.input_layernorm(hidden), cos, sin, start, mask
-            )
+            normed = layer.input_layernorm(hidden)
+            hidden = hidden + self._attention(index, layer, normed, cos, sin, starts, slots, uniform, mask)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        self.length = end
-        hidden = self._inner.norm(hidden[:, -num_logits:])  # [1, num_logits, H]
-        return self.model.lm_head(hidden)[0]  # [num_logits, V]
+        self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
+        rows = logit_rows.to(device)  # [B, r]
+        picked = hidden.gather(1, rows[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [B, r, H]
+        return self.model.lm_head(self._inner.norm(picked))  # [B, r, V]
 
-    def _mask(self, n: int, start: int, attention: torch.Tensor | None) -> torch.Tensor | None:
-        """Boolean [1, 1, n, start + n] mask, or None when every new token sees every position."""
+    def _allocate(self, dtype: torch.dtype) -> None:
+        shape = (self.batch_size, self._kv_heads, self._capacity, self._head_dim)
+        for layer in self._layers:
+            device = layer.self_attn.k_proj.weight.device
+            device = self.device if device.type == "meta" else device
+            # zeros, not empty: a batch row shorter than the longest one has columns it never wrote
+            # inside the attended width; masked, they must still be finite (0 * NaN is NaN)
+            self._keys.append(torch.zeros(shape, dtype=dtype, device=device))
+            self._values.append(torch.zeros(shape, dtype=dtype, device=device))
+
+    def _mask(
+        self, starts: torch.Tensor, n: int, width: int, attention: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Boolean [B, 1, n, width] mask, or None when every new token sees every earlier position."""
+        device = self.device
         if attention is None:
-            if n == 1:
+            if n == 1 and self.batch_size == 1:
                 return None
-            attention = torch.tril(torch.ones(n, n, dtype=torch.bool, device=self.device))
-        return full_attention(attention, start, self.device)[None, None]
+            attention = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))[None]
+        attention = attention.to(device)
+        if attention.shape[-1] != n:  # absolute columns given
+            if attention.shape[-1] > width:
+                raise ValueError(f"attention has {attention.shape[-1]} columns; at most {width} exist")
+            full = torch.zeros(attention.shape[0], n, width, dtype=torch.bool, device=device)
+            full[..., : attention.shape[-1]] = attention
+            return full.expand(self.batch_size, n, width)[:, None]
+        relative = torch.arange(width, device=device)[None] - starts[:, None]  # [B, width]
+        in_block = (relative >= 0) & (relative < n)
+        block = attention.expand(self.batch_size, n, n)  # [B, n, n]
+        index = relative.clamp(0, n - 1)[:, None, :].expand(-1, n, -1)  # [B, n, width]
+        mask = (relative < 0)[:, None, :] | (in_block[:, None, :] & block.gather(2, index))
+        return mask[:, None]  # [B, 1, n, width]
 
-    def _attention(self, index, layer, x, cos, sin, start, mask) -> torch.Tensor:
+    def _attention(self, index, layer, x, cos, sin, starts, slots, uniform, mask) -> torch.Tensor:
         attn = layer.self_attn
         batch, n, _ = x.shape
-        end = start + n
-        q = attn.q_proj(x).view(batch, n, self._heads, self._head_dim).transpose(1, 2)  # [1, Hq, n, D]
-        k = attn.k_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)  # [1, Hkv, n, D]
+        q = attn.q_proj(x).view(batch, n, self._heads, self._head_dim).transpose(1, 2)  # [B, Hq, n, D]
+        k = attn.k_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)  # [B, Hkv, n, D]
         v = attn.v_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = self._keys[index], self._values[index]
-        keys[:, :, start:end] = k.to(keys.device)
-        values[:, :, start:end] = v.to(values.device)
+        if uniform:
+            keys[:, :, starts[0] : starts[0] + n] = k.to(keys.device)
+            values[:, :, starts[0] : starts[0] + n] = v.to(values.device)
+        else:
+            rows = torch.arange(batch, device=keys.device)[:, None]  # [B, 1]
+            cache_slots = slots.to(keys.device)
+            keys[rows, :, cache_slots] = k.transpose(1, 2).to(keys.device)  # [B, n, Hkv, D]
+            values[rows, :, cache_slots] = v.transpose(1, 2).to(values.device)
+        width = max(starts) + n
         out = F.scaled_dot_product_attention(
             q,
-            keys[:, :, :end].to(q.device),
-            values[:, :, :end].to(q.device),
+            keys[:, :, :width].to(q.device),
+            values[:, :, :width].to(q.device),
             attn_mask=None if mask is None else mask.to(q.device),
             scale=attn.scaling,
             enable_gqa=self._kv_heads != self._heads,
-        )  # [1, Hq, n, D]
+        )  # [B, Hq, n, D]
         return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self._heads * self._head_dim))
 
-    def truncate(self, length: int) -> None:
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
-        self.length = length
+    @torch.inference_mode()
+    def compact_rows(self, starts: list[int], rows: list[list[int]]) -> None:
+        """Per row b: keep positions [0, starts[b]) then rows[b] moved to starts[b], starts[b] + 1, ...
+        (rows[b] distinct, ascending, in [starts[b], lengths[b])); drop the rest."""
+        for b, (start, kept) in enumerate(zip(starts, rows, strict=True)):
+            if any(r < start or r >= self.lengths[b] for r in kept) or list(kept) != sorted(set(kept)):
+                held = self.lengths[b]
+                raise ValueError(
+                    f"row {b}: rows {kept} must be distinct ascending positions in [{start}, {held})"
+                )
+        moves = [(b, s, kept) for b, (s, kept) in enumerate(zip(starts, rows, strict=True)) if kept]
+        moves = [(b, s, kept) for b, s, kept in moves if list(kept) != list(range(s, s + len(kept)))]
+        if moves and self._keys:
+            if self.batch_size == 1:
+                compact_rows([*self._keys, *self._values], starts[0], rows[0], self.lengths[0])
+            else:
+                self._move_rows(moves)
+        self.lengths = [s + len(kept) for s, kept in zip(starts, rows, strict=True)]
+
+    def _move_rows(self, moves: list[tuple[int, int, list[int]]]) -> None:
+        """One gather and one scatter per cache tensor for every row that moves positions."""
+        width = max(len(kept) for _, _, kept in moves)
+        source, target = [], []
+        for _, start, kept in moves:
+            # positions past the row's kept ones copy onto themselves
+            source.append(list(kept) + [start + j for j in range(len(kept), width)])
+            target.append(list(range(start, start + width)))
+        device = self._keys[0].device
+        batch_rows = torch.tensor([b for b, _, _ in moves], device=device)[:, None]  # [M, 1]
+        source_index = torch.tensor(source, device=device)  # [M, width]
+        target_index = torch.tensor(target, device=device)
+        for tensor in (*self._keys, *self._values):
+            tensor[batch_rows, :, target_index] = tensor[batch_rows, :, source_index]  # [M, width, H, D]
 
     @torch.inference_mode()
-    def compact(self, start: int, rows: list[int]) -> None:
-        """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
-        compact_rows([*self._keys, *self._values], start, rows, self.length)
-        self.length = start + len(rows)
+    def keep_rows(self, indices: list[int]) -> None:
+        """Keep only the batch rows `indices` (in that order), e.g. dropping finished rows."""
+        if list(indices) == list(range(self.batch_size)):
+            return
+        if self._keys:
+            index = torch.tensor(indices, device=self._keys[0].device)
+            self._keys = [t.index_select(0, index) for t in self._keys]
+            self._values = [t.index_select(0, index) for t in self._values]
+        self.lengths = [self.lengths[i] for i in indices]
+        self.batch_size = len(indices)
 
 
 RUNTIMES = ("auto", "specdec", "transformers")
