@@ -21,11 +21,6 @@ def spec(target):
     return specdec.wrap(target, tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1))
 
 
-def test_batch_above_one_is_refused(spec):
-    with pytest.raises(ValueError, match="batch size 2"):
-        spec.generate(torch.cat([prompt(4, 0), prompt(4, 1)]), max_new_tokens=4)
-
-
 def test_prompt_plus_new_tokens_past_the_context(spec):
     with pytest.raises(ValueError, match="exceeds the target's context of 64"):
         spec.generate(prompt(60, 0), max_new_tokens=5)
