@@ -45,7 +45,6 @@ except ImportError:  # older triton reads the variable when a kernel is decorate
 INTERPRETED = _interpret
 
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
 #: Smallest prefix chunk per split (keys); below this the merge costs more than it saves.
 MIN_SPLIT_SIZE = 256
 
