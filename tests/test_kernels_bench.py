@@ -1,0 +1,70 @@
+"""benchmarks/bench_attention.py builds each timed method right: on CPU, every method's output equals
+the float64 reference (tree methods) or the chain reference (causal methods). Timing itself is CUDA-only."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from specdec.kernels import reference_tree_attention, triton_available  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_attention", ROOT / "benchmarks" / "bench_attention.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "name", ["sdpa-mask", "fa2-causal", "flex", "triton-tree", "triton-chain", "flash-kvcache"]
+)
+def test_bench_methods_compute_tree_attention(name):
+    bench = load_bench()
+    if name.startswith("triton") and not triton_available("cpu"):
+        pytest.skip("triton is not installed")
+    if name == "flash-kvcache":
+        with pytest.raises(RuntimeError, match="flash-attn"):  # flash-attn cannot be installed here
+            bench.method_calls(name, [], 0, 1, None)
+        return
+    prefix, t = 37, 10
+    inputs = [
+        bench.make_inputs(4, 2, prefix, t, torch.float32, "cpu", prefix + t + 9, seed=s) for s in (0, 1)
+    ]
+    tree = bench.tree_for(t).ancestor_mask  # [T, T]
+    chain = name in ("fa2-causal", "triton-chain")
+    calls = bench.method_calls(name, inputs, prefix, t, tree, compile_flex=False)
+    assert len(calls) == len(inputs)
+    for call, (q, k, v, pl) in zip(calls, inputs, strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # flex_attention warns when not compiled
+            out = call()
+        ref = reference_tree_attention(q.double(), k.double(), v.double(), pl, None if chain else tree)
+        assert (out.double() - ref).abs().max().item() < 1e-5
+
+
+def test_bench_tree_is_a_real_tree():
+    bench = load_bench()
+    for t in bench.NEW_ROWS:
+        tree = bench.tree_for(t)
+        assert len(tree) == t and not tree.is_chain and tree.depth >= 2
+
+
+def test_bench_exits_cleanly_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    assert load_bench().main([]) == 0
+    assert "needs a CUDA GPU" in capsys.readouterr().out
