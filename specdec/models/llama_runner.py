@@ -99,13 +99,12 @@ class LlamaRunner:
             raise ValueError(
                 f"attention must be [{n}, {n}] or [{n}, cached + {n}], got {tuple(attention.shape)}"
             )
-        logit_rows = torch.arange(n - num_logits, n, device=self.device)[None]  # [1, num_logits]
         logits = self.extend_rows(
             tokens[None],
             [n],
             None if positions is None else positions[None],
             None if attention is None else attention[None],
-            logit_rows,
+            num_logits,
         )
         return logits[0]  # [num_logits, V]
 
@@ -132,7 +131,7 @@ class LlamaRunner:
         counts: list[int],
         positions: torch.Tensor | None,
         attention: torch.Tensor | None,
-        logit_rows: torch.Tensor,
+        logit_rows: torch.Tensor | int,
     ) -> torch.Tensor:
         """Append a block of new tokens to every row; return logits of chosen block rows.
 
@@ -141,7 +140,8 @@ class LlamaRunner:
         overwritten). positions: [B, n] position ids (default consecutive). attention: [B or 1, n, n]
         bool among the block (every earlier position of the row visible; padding rows must see at
         least themselves), or [B or 1, n, W] over absolute cache columns [0, W) including the block
-        at [lengths[b], lengths[b] + n); None = causal. logit_rows: [B, r] block indices.
+        at [lengths[b], lengths[b] + n); None = causal. logit_rows: [B, r] block indices, or an int r
+        for the last r rows of the block.
         Returns [B, r, V] logits.
         """
         batch, n = tokens.shape
@@ -154,23 +154,29 @@ class LlamaRunner:
         if any(not 0 <= c <= n for c in counts):
             raise ValueError(f"counts must be in [0, {n}], got {counts}")
         device = self.device
-        start_tensor = torch.tensor(starts, device=device)  # [B]
-        slots = start_tensor[:, None] + torch.arange(n, device=device)  # [B, n] cache positions
-        if positions is None:
-            positions = slots
-        mask = self._mask(start_tensor, n, width, attention)  # [B, 1, n, width] bool or None
+        uniform = len(set(starts)) == 1
+        slots = None
+        if uniform:
+            if positions is None:
+                positions = torch.arange(starts[0], starts[0] + n, device=device).expand(batch, n)
+        else:
+            slots = torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)  # [B, n]
+            positions = slots if positions is None else positions
+        mask = self._mask(starts, n, width, attention)  # [B, 1, n, width] bool or None
         hidden = self._inner.embed_tokens(tokens.to(device))  # [B, n, H]
         if not self._keys:
             self._allocate(hidden.dtype)
         cos, sin = self._inner.rotary_emb(hidden, positions.to(device))  # [B, n, D] each
-        uniform = len(set(starts)) == 1
         for index, layer in enumerate(self._layers):
             normed = layer.input_layernorm(hidden)
             hidden = hidden + self._attention(index, layer, normed, cos, sin, starts, slots, uniform, mask)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
-        rows = logit_rows.to(device)  # [B, r]
-        picked = hidden.gather(1, rows[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [B, r, H]
+        if isinstance(logit_rows, int):
+            picked = hidden[:, n - logit_rows :]  # [B, r, H]
+        else:
+            rows = logit_rows.to(device)[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, r, H]
+            picked = hidden.gather(1, rows)
         return self.model.lm_head(self._inner.norm(picked))  # [B, r, V]
 
     def _allocate(self, dtype: torch.dtype) -> None:
@@ -184,7 +190,7 @@ class LlamaRunner:
             self._values.append(torch.zeros(shape, dtype=dtype, device=device))
 
     def _mask(
-        self, starts: torch.Tensor, n: int, width: int, attention: torch.Tensor | None
+        self, starts: list[int], n: int, width: int, attention: torch.Tensor | None
     ) -> torch.Tensor | None:
         """Boolean [B, 1, n, width] mask, or None when every new token sees every earlier position."""
         device = self.device
@@ -199,7 +205,7 @@ class LlamaRunner:
             full = torch.zeros(attention.shape[0], n, width, dtype=torch.bool, device=device)
             full[..., : attention.shape[-1]] = attention
             return full.expand(self.batch_size, n, width)[:, None]
-        relative = torch.arange(width, device=device)[None] - starts[:, None]  # [B, width]
+        relative = torch.arange(width, device=device)[None] - torch.tensor(starts, device=device)[:, None]
         in_block = (relative >= 0) & (relative < n)
         block = attention.expand(self.batch_size, n, n)  # [B, n, n]
         index = relative.clamp(0, n - 1)[:, None, :].expand(-1, n, -1)  # [B, n, width]
