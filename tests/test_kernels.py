@@ -356,6 +356,61 @@ def test_chain_fast_path_matches_dense_mask():
     assert max_err(chain, ref) < 1e-5
 
 
+@pytest.mark.parametrize("bound", [None, 0, 40], ids=["no-bound", "exact-bound", "loose-bound"])
+@pytest.mark.parametrize("kind", ["causal", "per_row"])
+def test_sdpa_paths_without_an_exact_length(bound, kind):
+    """The SDPA paths a CUDA caller takes (no host-known exact length): garbage is zeroed, not read."""
+    from specdec.kernels.reference import sdpa_tree_attention
+
+    for batch, prefixes in ((1, (30,)), (2, (30, 3))):
+        q, k, v, prefix_lens, mask = make_case(53, batch, 4, 2, 6, 64, prefixes, F32, kind, device="cpu")
+        limit = None if bound is None else max(prefixes) + bound
+        out, lse = sdpa_tree_attention(q, k, v, prefix_lens, mask, 0.125, True, limit, False)
+        ref, ref_lse = float64_reference(q, k, v, prefix_lens, mask)
+        assert max_err(out, ref) < 1e-5
+        check_lse(lse, ref_lse)
+
+
+def test_flash_wrapper_layout_with_a_stand_in(monkeypatch):
+    """flash-attn cannot be installed here: a stand-in that follows its documented contract
+    ([B, T, H, D] layouts, int32 cache_seqlens, bottom-right causal, lse [B, Hq, T]) checks our
+    transposes and arguments. flash-attn itself stays untested."""
+    import sys
+    import types
+
+    from specdec.kernels.flash import flash_chain_attention
+
+    def flash_attn_with_kvcache(
+        q, k_cache, v_cache, cache_seqlens=None, softmax_scale=None, causal=False, return_softmax_lse=False
+    ):
+        assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and q.stride(-1) == 1
+        assert cache_seqlens.dtype == torch.int32 and causal
+        t = q.shape[1]
+        out, lse = reference_tree_attention(
+            q.transpose(1, 2),
+            k_cache.transpose(1, 2),
+            v_cache.transpose(1, 2),
+            cache_seqlens - t,
+            None,
+            softmax_scale,
+            return_lse=True,
+        )
+        out = out.transpose(1, 2)  # [B, T, Hq, D]
+        return (out, lse) if return_softmax_lse else out
+
+    monkeypatch.setitem(
+        sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_with_kvcache=flash_attn_with_kvcache)
+    )
+    q, k, v, prefix_lens, _ = make_case(59, 2, 8, 2, 5, 64, (12, 40), F32, "causal", device="cpu")
+    out, lse = flash_chain_attention(q, k, v, prefix_lens, 0.125, True)
+    ref, ref_lse = reference_tree_attention(
+        q.double(), k.double(), v.double(), prefix_lens, None, 0.125, True
+    )
+    assert out.shape == q.shape and max_err(out, ref) < 1e-5
+    check_lse(lse, ref_lse)
+    assert max_err(flash_chain_attention(q, k, v, prefix_lens, 0.125, False), ref) < 1e-5
+
+
 def test_scale_argument():
     q, k, v, prefix_lens, mask = make_case(23, 2, 4, 2, 5, 64, (10, 20), F32, "per_row", device="cpu")
     out = tree_attention(q, k, v, prefix_lens, mask, scale=0.3, backend="sdpa")
@@ -451,6 +506,19 @@ def test_bad_input_raises_before_launch(name, mutate, message, backend):
     mutate(args)
     with pytest.raises(ValueError, match=message):
         tree_attention(**args, backend=backend)
+
+
+@needs_triton
+def test_triton_rejects_what_it_cannot_take(monkeypatch):
+    """float64 and odd head dims: ValueError for an explicit triton request, SDPA when automatic."""
+    monkeypatch.delenv("SPECDEC_ATTENTION", raising=False)
+    for dtype, d in ((torch.float64, 64), (torch.float32, 48), (torch.float32, 8)):
+        q, k, v, prefix_lens, mask = make_case(47, 1, 2, 2, 3, d, (4,), dtype, "parents", device=DEVICE)
+        with pytest.raises(ValueError, match="triton backend takes"):
+            tree_attention(q, k, v, prefix_lens, mask, backend="triton")
+        assert resolve_backend(q, mask) == "sdpa"
+        ref = reference_tree_attention(q.double(), k.double(), v.double(), prefix_lens, mask)
+        assert max_err(tree_attention(q, k, v, prefix_lens, mask), ref) < 1e-5
 
 
 def test_bad_input_devices_and_hint():

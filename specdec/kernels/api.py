@@ -9,13 +9,14 @@ Backends:
 - "eager": the float64 reference (materialises every score; for tests).
 
 Automatic choice: on CUDA, flash for chains when flash-attn imports (fp16/bf16), else Triton when
-triton imports, else SDPA; on CPU, SDPA. `SPECDEC_ATTENTION` overrides it, read on every call.
+triton imports (and the dtype and head dim suit it), else SDPA; on CPU, SDPA. `SPECDEC_ATTENTION`
+overrides it, read on every call.
 
 Host syncs: none on the Triton path. The "cache long enough" check (max(prefix_lens) + T <= L) needs
 the values of prefix_lens, so it runs only where that is free or the path syncs anyway: against the
 `max_prefix_len` hint when the caller gives one, with `prefix_lens.max()` when prefix_lens is on the
-CPU, and on the eager and flash paths. Without it, the Triton kernel and SDPA still never read past
-L (loads are bounded by L), they just cannot raise.
+CPU, and on the eager path. Without it, the Triton kernel, SDPA and flash still never read past L
+(loads, masks and flash's cache_seqlens are bounded by L); they just cannot raise.
 """
 
 from __future__ import annotations
@@ -100,15 +101,26 @@ def _choose_backend(requested: str | None, q: torch.Tensor, chain: bool) -> str:
                 f"attention backend 'triton' cannot run on {q.device}: it needs CUDA and triton, or "
                 "TRITON_INTERPRET=1 set before triton is imported (CPU, slow; for tests)."
             )
+        if not _triton_takes(q):
+            raise ValueError(
+                "the triton backend takes float16, bfloat16 or float32 and a power-of-two head dim in "
+                f"16..256, got {q.dtype} and D={q.shape[-1]}."
+            )
         return "triton"
     if requested is not None:
         return requested
     if on_cuda:
         if chain and flash_ok:
             return "flash"
-        if triton_available(q.device):
+        if _triton_takes(q) and triton_available(q.device):
             return "triton"
     return "sdpa"
+
+
+def _triton_takes(q: torch.Tensor) -> bool:
+    """The kernel's own limits: tl.dot dtypes, and HEAD_DIM a power of two (tl.arange) of 16..256."""
+    d = q.shape[-1]
+    return q.dtype in _FLOAT_DTYPES and 16 <= d <= 256 and d & (d - 1) == 0
 
 
 def resolve_backend(
@@ -213,8 +225,9 @@ def tree_attention(
         the diagonal set) or None (causal among the new rows). Every new row sees its whole prefix.
     scale: softmax scale, default 1/sqrt(D).
     backend: None (automatic, or the SPECDEC_ATTENTION environment variable) or one of BACKENDS.
-    max_prefix_len: optional host-known max(prefix_lens): checked against L without a sync, sizes
-        the Triton kernel's split-K and lets SDPA slice the cache.
+    max_prefix_len: optional host-known upper bound on max(prefix_lens) (the exact max is best):
+        checked against L without a sync, sizes the Triton kernel's split-K (without it the kernel
+        plans for L - T) and lets SDPA slice the cache. Pass it from the runner when it has it.
     Returns out [B, Hq, T, D] in q's dtype, and with return_lse also lse [B, Hq, T] float32
     (natural-log log-sum-exp of the scaled scores). A row that sees no key gets 0 and lse -inf.
     """
@@ -223,21 +236,17 @@ def tree_attention(
     cache_len = k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     name = resolve_backend(q, tree_mask, backend)
-    host_max = max_prefix_len
-    if host_max is None and (prefix_lens.device.type == "cpu" or name in ("eager", "flash")):
-        host_max = _check_cache_len(prefix_lens, t, cache_len)
+    bound, exact = max_prefix_len, False
+    if prefix_lens.device.type == "cpu" or name == "eager":  # free on CPU; eager syncs anyway
+        bound, exact = _check_cache_len(prefix_lens, t, cache_len), True
     if name == "triton":
-        if q.dtype == torch.float64:
-            raise ValueError("the triton backend takes float16, bfloat16 or float32, got float64.")
         from specdec.kernels.triton_tree import triton_tree_attention
 
-        return triton_tree_attention(
-            q, k, v, prefix_lens, tree_mask, scale, return_lse, max_prefix_len=host_max
-        )
+        return triton_tree_attention(q, k, v, prefix_lens, tree_mask, scale, return_lse, max_prefix_len=bound)
     if name == "flash":
         from specdec.kernels.flash import flash_chain_attention
 
         return flash_chain_attention(q, k, v, prefix_lens, scale, return_lse)
     if name == "sdpa":
-        return sdpa_tree_attention(q, k, v, prefix_lens, tree_mask, scale, return_lse, host_max)
+        return sdpa_tree_attention(q, k, v, prefix_lens, tree_mask, scale, return_lse, bound, exact)
     return reference_tree_attention(q, k, v, prefix_lens, tree_mask, scale, return_lse)

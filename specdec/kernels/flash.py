@@ -46,7 +46,7 @@ def flash_chain_attention(
         q.transpose(1, 2),  # [B, T, Hq, D]
         k.transpose(1, 2),  # [B, L, Hkv, D]
         v.transpose(1, 2),  # [B, L, Hkv, D]
-        cache_seqlens=(prefix_lens + t).to(torch.int32),  # [B]
+        cache_seqlens=(prefix_lens + t).clamp(max=k.shape[2]).to(torch.int32),  # [B], never past L
         softmax_scale=scale,
         causal=True,
         return_softmax_lse=return_lse,

@@ -106,22 +106,24 @@ def sdpa_tree_attention(
     tree_mask: torch.Tensor | None,
     scale: float,
     return_lse: bool,
-    host_max_prefix: int | None,
+    prefix_bound: int | None,
+    prefix_exact: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """PyTorch SDPA with a dense bool mask (GQA through `enable_gqa`, no repeated K/V).
 
-    host_max_prefix: max(prefix_lens) when the host knows it (a hint, or free on CPU): the cache is
-    then sliced to max + T columns. With one batch row that slice holds no garbage, and a chain
+    prefix_bound: a host-known upper bound on max(prefix_lens) (a caller's hint, or the max itself,
+    free on CPU), or None: the cache is then sliced to bound + T columns. prefix_exact: the bound IS
+    max(prefix_lens). With one batch row and an exact bound the slice holds no garbage and a chain
     (tree_mask None) runs SDPA's lower-right causal path (FlashAttention-2 on CUDA) instead of a
     dense mask. Otherwise the garbage slots are zeroed with `torch.where` (one copy of K and V: this
-    is the fallback path, the Triton kernel never copies).
+    is the fallback path; the Triton kernel never copies).
     """
     batch, _, t, _ = q.shape
     cache_len = k.shape[2]
-    if host_max_prefix is not None:
-        cache_len = min(cache_len, host_max_prefix + t)
+    if prefix_bound is not None:
+        cache_len = min(cache_len, prefix_bound + t)
         k, v = k[:, :, :cache_len], v[:, :, :cache_len]  # [B, Hkv, L', D]
-    exact = batch == 1 and host_max_prefix is not None  # the slice is exactly prefix + T: no garbage
+    exact = batch == 1 and prefix_bound is not None and prefix_exact  # the slice is prefix + T: no garbage
     if not exact:
         valid = _valid_keys(prefix_lens, t, cache_len)  # [B, L']
         k, v = _zero_garbage(k, valid), _zero_garbage(v, valid)
