@@ -166,9 +166,11 @@ def poisoned_workspace(monkeypatch):
 
 def run_triton(q, k, v, prefix_lens, mask, split_size=None, config=None):
     """The kernel writing into a NaN-poisoned output buffer; returns (out, lse)."""
+    from specdec.kernels import triton_available
     from specdec.kernels.triton_tree import triton_tree_attention
 
-    out = torch.full_like(q, float("nan"))
+    assert triton_available(q.device), "the kernels were built for a GPU before TRITON_INTERPRET=1 was set"
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
     scale = 1.0 / math.sqrt(q.shape[-1])
     result, lse = triton_tree_attention(
         q, k, v, prefix_lens, mask, scale, True, split_size=split_size, out=out, config=config

@@ -224,7 +224,9 @@ def default_config(group: int, num_new: int, head_dim: int, dtype: torch.dtype) 
     if head_dim <= 64 and rows >= 128 and dtype != torch.float32:
         block_m = 128
     block_n = 32 if dtype == torch.float32 and head_dim >= 128 else 64
-    return {"block_m": block_m, "block_n": block_n, "num_warps": 4, "num_stages": 2}
+    # the prefix walk is memory-bound: three stages keep more K/V loads in flight (16-bit tiles fit)
+    num_stages = 2 if dtype == torch.float32 else 3
+    return {"block_m": block_m, "block_n": block_n, "num_warps": 4, "num_stages": num_stages}
 
 
 def _plan_splits(
@@ -274,6 +276,8 @@ def triton_tree_attention(
     block_m, block_n = cfg["block_m"], cfg["block_n"]
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)  # [B, Hq, T, D]
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {tuple(q.shape)} {q.dtype} tensor on {q.device}.")
     lse = _workspace((batch, hq, t), q.device) if return_lse else None  # [B, Hq, T]
     if t == 0 or batch == 0:
         return (out, lse) if return_lse else out
