@@ -9,12 +9,15 @@ hooks and device maps keep working).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from specdec.cache import compact_rows
+from specdec.kernels import resolve_backend, tree_attention
 from specdec.models.runner import (
     CausalRunner,
     check_extend,
@@ -36,6 +39,20 @@ def supports_llama_runner(model: PreTrainedModel) -> bool:
         return False
     inner = getattr(model, "model", None)
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+
+
+@dataclass
+class _Block:
+    """How one pass's new rows attend (see `LlamaRunner._block`)."""
+
+    starts: list[int]  # each row's cached length before the pass
+    n: int  # new rows per batch row
+    width: int  # max(starts) + n: the cache columns any row can see
+    slots: torch.Tensor | None  # [B, n] cache positions when rows start at different positions
+    dense: torch.Tensor | None = None  # [B, 1, n, width] bool for SDPA; None: no mask needed
+    kernel: str | None = None  # tree_attention backend, None: the runner's SDPA
+    tree_mask: torch.Tensor | None = None  # [n, n] or [B, n, n] among the new rows; None: causal
+    prefix_lens: torch.Tensor | None = None  # [B] starts, for the kernel
 
 
 class LlamaRunner:
@@ -154,22 +171,21 @@ class LlamaRunner:
         if any(not 0 <= c <= n for c in counts):
             raise ValueError(f"counts must be in [0, {n}], got {counts}")
         device = self.device
-        uniform = len(set(starts)) == 1
         slots = None
-        if uniform:
+        if len(set(starts)) == 1:
             if positions is None:
                 positions = torch.arange(starts[0], starts[0] + n, device=device).expand(batch, n)
         else:
             slots = torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)  # [B, n]
             positions = slots if positions is None else positions
-        mask = self._mask(starts, n, width, attention)  # [B, 1, n, width] bool or None
         hidden = self._inner.embed_tokens(tokens.to(device))  # [B, n, H]
         if not self._keys:
             self._allocate(hidden.dtype)
+        block = self._block(starts, slots, n, width, attention, hidden.dtype)
         cos, sin = self._inner.rotary_emb(hidden, positions.to(device))  # [B, n, D] each
         for index, layer in enumerate(self._layers):
             normed = layer.input_layernorm(hidden)
-            hidden = hidden + self._attention(index, layer, normed, cos, sin, starts, slots, uniform, mask)
+            hidden = hidden + self._attention(index, layer, normed, cos, sin, block)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         if isinstance(logit_rows, int):
@@ -188,6 +204,35 @@ class LlamaRunner:
             # inside the attended width; masked, they must still be finite (0 * NaN is NaN)
             self._keys.append(torch.zeros(shape, dtype=dtype, device=device))
             self._values.append(torch.zeros(shape, dtype=dtype, device=device))
+
+    def _block(
+        self,
+        starts: list[int],
+        slots: torch.Tensor | None,
+        n: int,
+        width: int,
+        attention: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> _Block:
+        """How this pass attends: through `specdec.kernels.tree_attention` (Triton, flash-attn or the
+        float64 reference, as chosen automatically or by SPECDEC_ATTENTION) when the mask has the
+        kernel's form (prefix visible, a mask among the new rows), else through SDPA with a dense mask.
+        On CPU the automatic choice is SDPA, which this runner runs itself over its zero-initialised
+        cache (no copy to blank unwritten slots). Masks over absolute columns (the draft's tree
+        feeding, where earlier fed nodes are visible only to their descendants) always take SDPA."""
+        absolute = attention is not None and attention.shape[-1] != n
+        kernel = None
+        if not absolute:
+            tree_mask = None if attention is None else attention.to(self.device)
+            if tree_mask is not None and tree_mask.shape[0] == 1:
+                tree_mask = tree_mask[0]  # [n, n] shared by the rows
+            probe = torch.empty(0, 0, 0, self._head_dim, dtype=dtype, device=self.device)
+            kernel = resolve_backend(probe, tree_mask)
+        if kernel is None or kernel == "sdpa":
+            dense = self._mask(starts, n, width, attention)  # [B, 1, n, width] bool or None
+            return _Block(starts, n, width, slots, dense=dense)
+        prefix_lens = torch.tensor(starts, device=self.device)  # [B]
+        return _Block(starts, n, width, slots, kernel=kernel, tree_mask=tree_mask, prefix_lens=prefix_lens)
 
     def _mask(
         self, starts: list[int], n: int, width: int, attention: torch.Tensor | None
@@ -212,7 +257,7 @@ class LlamaRunner:
         mask = (relative < 0)[:, None, :] | (in_block[:, None, :] & block.gather(2, index))
         return mask[:, None]  # [B, 1, n, width]
 
-    def _attention(self, index, layer, x, cos, sin, starts, slots, uniform, mask) -> torch.Tensor:
+    def _attention(self, index, layer, x, cos, sin, block: _Block) -> torch.Tensor:
         attn = layer.self_attn
         batch, n, _ = x.shape
         q = attn.q_proj(x).view(batch, n, self._heads, self._head_dim).transpose(1, 2)  # [B, Hq, n, D]
@@ -220,23 +265,35 @@ class LlamaRunner:
         v = attn.v_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = self._keys[index], self._values[index]
-        if uniform:
-            keys[:, :, starts[0] : starts[0] + n] = k.to(keys.device)
-            values[:, :, starts[0] : starts[0] + n] = v.to(values.device)
+        if block.slots is None:  # every row starts at the same position
+            start = block.starts[0]
+            keys[:, :, start : start + n] = k.to(keys.device)
+            values[:, :, start : start + n] = v.to(values.device)
         else:
             rows = torch.arange(batch, device=keys.device)[:, None]  # [B, 1]
-            cache_slots = slots.to(keys.device)
+            cache_slots = block.slots.to(keys.device)
             keys[rows, :, cache_slots] = k.transpose(1, 2).to(keys.device)  # [B, n, Hkv, D]
             values[rows, :, cache_slots] = v.transpose(1, 2).to(values.device)
-        width = max(starts) + n
-        out = F.scaled_dot_product_attention(
-            q,
-            keys[:, :, :width].to(q.device),
-            values[:, :, :width].to(q.device),
-            attn_mask=None if mask is None else mask.to(q.device),
-            scale=attn.scaling,
-            enable_gqa=self._kv_heads != self._heads,
-        )  # [B, Hq, n, D]
+        if block.kernel is not None:
+            out = tree_attention(
+                q,
+                keys.to(q.device),
+                values.to(q.device),
+                block.prefix_lens,
+                block.tree_mask,
+                scale=attn.scaling,
+                backend=block.kernel,
+                max_prefix_len=max(block.starts),
+            )  # [B, Hq, n, D]
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                keys[:, :, : block.width].to(q.device),
+                values[:, :, : block.width].to(q.device),
+                attn_mask=None if block.dense is None else block.dense.to(q.device),
+                scale=attn.scaling,
+                enable_gqa=self._kv_heads != self._heads,
+            )  # [B, Hq, n, D]
         return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self._heads * self._head_dim))
 
     @torch.inference_mode()

@@ -1,0 +1,80 @@
+"""The runner's attention through every tree_attention backend: greedy output stays the target's own.
+
+SPECDEC_ATTENTION picks the backend the runner's attention layers call during verification (and the
+draft's chain steps). On CPU the Triton kernel runs under TRITON_INTERPRET=1, set before triton loads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+if not os.environ.get("CUDA_VISIBLE_DEVICES"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import specdec  # noqa: E402
+from specdec.kernels import resolve_backend, triton_available  # noqa: E402
+from specdec.models.llama_runner import LlamaRunner  # noqa: E402
+from tests.test_batch import assert_rows_equal, expected_rows, left_padded  # noqa: E402
+from tests.tiny_models import prompt, tiny_llama  # noqa: E402
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+BACKENDS = [
+    "eager",
+    "sdpa",
+    pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="no triton")),
+]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_llama(seed=0, hidden=64, heads=4, kv_heads=2, layers=2)
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runner_calls_the_chosen_backend(monkeypatch, target, backend):
+    monkeypatch.setenv("SPECDEC_ATTENTION", backend)
+    if backend == "triton" and not triton_available("cpu"):
+        pytest.skip("triton was imported without TRITON_INTERPRET=1 in this process")
+    calls = []
+    import specdec.models.llama_runner as runner_module
+
+    real = runner_module.tree_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["backend"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "tree_attention", spy)
+    runner = LlamaRunner(target)
+    runner.extend(prompt(6, 0)[0], 1)
+    if backend == "sdpa":
+        assert calls == []  # the runner's own SDPA over its zero-initialised cache
+    else:
+        assert calls and set(calls) == {backend}
+    probe = torch.empty(0, 0, 0, 16)
+    assert resolve_backend(probe, None) == backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy, kwargs", [("chain", {"num_draft_tokens": 3}), ("tree", {"tree": (2, 2)})])
+def test_greedy_output_through_every_backend(monkeypatch, target, draft, backend, strategy, kwargs):
+    monkeypatch.setenv("SPECDEC_ATTENTION", backend)
+    if backend == "triton" and not triton_available("cpu"):
+        pytest.skip("triton was imported without TRITON_INTERPRET=1 in this process")
+    spec = specdec.wrap(target, draft, strategy=strategy, **kwargs)
+    ids = prompt(7, 900)
+    expected = target.generate(ids, max_new_tokens=10, do_sample=False)
+    assert torch.equal(spec.generate(ids, max_new_tokens=10), expected)
+    # a batch: rows of different prefix lengths in one kernel call
+    ids, mask, prompts = left_padded([5, 9], 901)
+    want = expected_rows(target, prompts, 2, max_new_tokens=8, do_sample=False)
+    assert_rows_equal(spec.generate(ids, attention_mask=mask, max_new_tokens=8), ids.shape[1], want, pad=2)
