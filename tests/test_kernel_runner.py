@@ -78,3 +78,24 @@ def test_greedy_output_through_every_backend(monkeypatch, target, draft, backend
     ids, mask, prompts = left_padded([5, 9], 901)
     want = expected_rows(target, prompts, 2, max_new_tokens=8, do_sample=False)
     assert_rows_equal(spec.generate(ids, attention_mask=mask, max_new_tokens=8), ids.shape[1], want, pad=2)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (the CPU twin is the interpreter test above)"
+)
+@pytest.mark.parametrize("strategy, kwargs", [("chain", {"num_draft_tokens": 3}), ("tree", {"tree": (2, 2)})])
+def test_greedy_on_cuda_through_the_compiled_kernel(target, draft, strategy, kwargs):
+    cuda_target = tiny_llama(seed=0, hidden=64, heads=4, kv_heads=2, layers=2).cuda()
+    cuda_draft = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1).cuda()
+    assert (
+        resolve_backend(torch.empty(0, 0, 0, 16, device="cuda"), torch.ones(2, 2, dtype=torch.bool))
+        == "triton"
+    )
+    spec = specdec.wrap(cuda_target, cuda_draft, strategy=strategy, **kwargs)
+    ids, mask, prompts = left_padded([5, 9], 901)
+    want = [
+        cuda_target.generate(p.cuda(), max_new_tokens=8, do_sample=False)[0, p.shape[1] :].cpu()
+        for p in prompts
+    ]
+    out = spec.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=8).cpu()
+    assert_rows_equal(out, ids.shape[1], want, pad=2)
