@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 
-if not os.environ.get("CUDA_VISIBLE_DEVICES"):
+import torch
+
+if not torch.cuda.is_available():  # as in test_kernels.py: compiled kernels on a GPU machine
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import specdec  # noqa: E402
 from specdec.kernels import resolve_backend, triton_available  # noqa: E402
