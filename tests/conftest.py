@@ -1,6 +1,16 @@
-import warnings
+import os
 
-import pytest
+import torch
+
+# transformers imports triton when it is installed, and triton reads TRITON_INTERPRET when it is first
+# imported: on a machine without CUDA the kernel tests need the interpreter, so it is set here, before
+# any test module imports transformers (on a GPU machine the compiled kernels run instead).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
