@@ -19,6 +19,7 @@ def expected_tokens(alpha: float, k: int) -> float:
         return float(k + 1)
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
+
 #: With min_k = 0, after this many steps without a draft one step drafts k = 1 to re-measure alpha.
 PROBE_EVERY = 16
 

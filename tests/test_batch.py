@@ -88,10 +88,10 @@ def test_runner_rows_of_different_lengths_match_one_row_runners(target):
     got = batch.extend_rows(step, [1, 1, 1], None, None, torch.zeros(3, 1, dtype=torch.long))[:, 0]
     for b, runner in enumerate(singles):
         assert torch.allclose(got[b], runner.extend(step[b])[0], atol=1e-5)
-    batch.keep_rows([2, 0])
+    batch.keep_rows([0, 2])
     step = torch.tensor([[8], [9]])
     got = batch.extend_rows(step, [1, 1], None, None, torch.zeros(2, 1, dtype=torch.long))[:, 0]
-    for row, b in enumerate([2, 0]):
+    for row, b in enumerate([0, 2]):
         assert torch.allclose(got[row], singles[b].extend(step[row])[0], atol=1e-5)
 
 

@@ -264,7 +264,7 @@ class LlamaRunner:
         k = attn.k_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)  # [B, Hkv, n, D]
         v = attn.v_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys, values = self._keys[index], self._values[index]
+        keys, values = self._keys[index][:batch], self._values[index][:batch]  # [B, Hkv, capacity, D]
         if block.slots is None:  # every row starts at the same position
             start = block.starts[0]
             keys[:, :, start : start + n] = k.to(keys.device)
@@ -310,7 +310,8 @@ class LlamaRunner:
         moves = [(b, s, kept) for b, s, kept in moves if list(kept) != list(range(s, s + len(kept)))]
         if moves and self._keys:
             if self.batch_size == 1:
-                compact_rows([*self._keys, *self._values], starts[0], rows[0], self.lengths[0])
+                tensors = [t[:1] for t in (*self._keys, *self._values)]
+                compact_rows(tensors, starts[0], rows[0], self.lengths[0])
             else:
                 self._move_rows(moves)
         self.lengths = [s + len(kept) for s, kept in zip(starts, rows, strict=True)]
@@ -332,14 +333,19 @@ class LlamaRunner:
 
     @torch.inference_mode()
     def keep_rows(self, indices: list[int]) -> None:
-        """Keep only the batch rows `indices` (in that order), e.g. dropping finished rows."""
+        """Keep only the batch rows `indices` (ascending), e.g. dropping finished rows. The kept rows
+        move up in place (only their used positions are copied); the allocation is kept."""
+        if list(indices) != sorted(set(indices)) or any(not 0 <= i < self.batch_size for i in indices):
+            raise ValueError(f"indices {indices} must be distinct ascending rows of {self.batch_size}")
         if list(indices) == list(range(self.batch_size)):
             return
-        if self._keys:
+        lengths = [self.lengths[i] for i in indices]
+        used = max(lengths, default=0)
+        if self._keys and used:
             index = torch.tensor(indices, device=self._keys[0].device)
-            self._keys = [t.index_select(0, index) for t in self._keys]
-            self._values = [t.index_select(0, index) for t in self._values]
-        self.lengths = [self.lengths[i] for i in indices]
+            for tensor in (*self._keys, *self._values):
+                tensor[: len(indices), :, :used] = tensor[index, :, :used]  # [M, H, used, D]
+        self.lengths = lengths
         self.batch_size = len(indices)
 
 
