@@ -29,6 +29,8 @@ class DraftLengthController:
 
     min_k: the smallest k considered; 0 (for batches, where verifying k + 1 tokens per row can cost
     more than it gains) compares against plain decoding, E(0) = 1 token per verify(1).
+    refine_costs: keep folding this generation's step times into the given profile (batches: a
+    profile measured on a short dummy prompt is corrected by the real steps' times).
 
     costs: a measured CostProfile; when given, costs are not re-measured during generation, so the
     k schedule depends only on acceptance (reproducible seeded sampling). Without it, costs are
@@ -45,13 +47,15 @@ class DraftLengthController:
         decay: float = 0.9,
         costs: CostProfile | None = None,
         min_k: int = 1,
+        refine_costs: bool = False,
     ) -> None:
-        self._live_costs = costs is None
+        self._live_costs = costs is None or refine_costs
         self.costs = CostProfile() if costs is None else costs
         self.max_k = max_k
         self.fixed_k = fixed_k
         self.min_k = min_k  # 0 lets a measured profile choose no draft at all (batches)
         self._undrafted_steps = 0
+        self._drafted_steps = 0
         self.initial_k = min(initial_k, max_k)
         self.decay = decay
         self._accepted = prior_alpha * prior_weight  # decayed count of accepted draft tokens
@@ -79,6 +83,12 @@ class DraftLengthController:
             if self._undrafted_steps > PROBE_EVERY:
                 self._undrafted_steps = 0
                 return 1
+        elif self.min_k == 0 and self._live_costs:
+            # and the cost of a plain step is re-measured now and then while drafting
+            self._drafted_steps += 1
+            if self._drafted_steps > PROBE_EVERY:
+                self._drafted_steps = 0
+                return 0
         return best_k
 
     def plan(self, free_expected: float = 0.0, free_nodes: int = 0) -> DraftPlan:

@@ -151,10 +151,13 @@ def batch_controller(
 ) -> tuple[Tree, DraftLengthController]:
     """The shared tree shape and the depth controller of a batched generation.
 
-    Chains with num_draft_tokens=None choose k in 0..max_draft_tokens every step from the acceptance
-    measured across rows and the costs measured at this batch size (`profile`); k = 0 (plain
-    batched decoding) wins when verifying k + 1 tokens per row costs more than the accepted tokens
-    save. Trees draft their full depth, as at batch size 1.
+    Chains with num_draft_tokens=None choose k in 0..max_draft_tokens every step (Leviathan et al.'s
+    expected tokens per second) from the acceptance measured across rows and the costs of this batch
+    size: `profile` is measured once per batch size with dummy passes and then refined with the real
+    steps' times (draft passes; verification plus acceptance), which every 16 steps include one step
+    of the arm not chosen (k = 0 while drafting, k = 1 while not). k = 0, plain batched decoding, wins
+    when verifying k + 1 tokens per row costs more than the accepted tokens save. Trees draft their
+    full depth, as at batch size 1.
     """
     if config.strategy == "none":
         return Tree.chain(0), DraftLengthController(1, fixed_k=0)
@@ -164,7 +167,7 @@ def batch_controller(
     template = Tree.chain(config.max_draft_tokens)
     if config.num_draft_tokens is not None:
         return template, DraftLengthController(config.max_draft_tokens, fixed_k=config.num_draft_tokens)
-    return template, DraftLengthController(config.max_draft_tokens, costs=profile, min_k=0)
+    return template, DraftLengthController(config.max_draft_tokens, costs=profile, min_k=0, refine_costs=True)
 
 
 def batch_costs(target: LlamaRunner, draft: LlamaRunner | None, batch_size: int, config: SpecConfig):

@@ -80,7 +80,7 @@ def measure_batch_costs(
     batch_size: int,
     max_verify_tokens: int,
     repeats: int = 3,
-    prompt_tokens: int = 32,
+    prompt_tokens: int = 128,
 ) -> CostProfile:
     """A CostProfile at `batch_size` rows: target passes verifying 1, 2, 3, 5, 9, ... tokens per row
     and one draft level (one token per row), on batch-capable runners (`LlamaRunner`). Leaves both
