@@ -88,3 +88,31 @@ def test_trees_fit_at_the_end_of_the_context():
     expected = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None)
     spec = specdec.wrap(model, model, strategy="tree", tree=(8, 4, 2), runtime="specdec")
     assert torch.equal(spec.generate(ids, max_new_tokens=8, eos_token_id=None), expected)
+
+
+def test_direct_module_calls_equal_the_modules(model):
+    """The functional fast path (F.linear on the weights, rotary table) computes what the modules do,
+    and is off when accelerate hooks could move or load weights."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    from specdec.models.module_calls import ModuleCalls, can_call_directly
+
+    calls = ModuleCalls(model, capacity=300)
+    assert calls.direct
+    layer = model.model.layers[0]
+    x = torch.randn(2, 5, model.config.hidden_size)
+    assert torch.allclose(calls.linear(layer.self_attn.q_proj, x), layer.self_attn.q_proj(x), atol=1e-6)
+    assert torch.allclose(calls.mlp(layer.mlp, x), layer.mlp(x), atol=1e-6)
+    positions = torch.tensor([[0, 7, 299, 3, 3], [1, 2, 3, 4, 5]])
+    cos, sin = calls.cos_sin(x, positions)
+    want_cos, want_sin = model.model.rotary_emb(x, positions)
+    assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin)
+
+    hooked = tiny_llama(seed=3)
+    add_hook_to_module(hooked.model.layers[0].mlp, ModelHook())
+    assert not can_call_directly(hooked)
+    runner = LlamaRunner(hooked)
+    ids = prompt(9, 4)[0]
+    with torch.no_grad():
+        expected = hooked(ids[None]).logits[0, -1]
+    assert torch.allclose(runner.extend(ids)[0], expected, atol=1e-5)

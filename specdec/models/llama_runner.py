@@ -18,6 +18,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from specdec.cache import compact_rows
 from specdec.kernels import resolve_backend, tree_attention
+from specdec.models.module_calls import ModuleCalls
 from specdec.models.runner import (
     CausalRunner,
     check_extend,
@@ -79,6 +80,7 @@ class LlamaRunner:
         # Positions never pass the context, but a verified tree briefly holds up to MAX_TREE_NODES rows
         # (+ the pending tokens) beyond the committed ones, so the cache has room for them.
         self._capacity = (max_length or self.context_length or 4096) + MAX_TREE_NODES + 8
+        self._calls = ModuleCalls(model, self._capacity)
         self._keys: list[torch.Tensor] = []  # per layer [B, H_kv, capacity, D]
         self._values: list[torch.Tensor] = []
         self.batch_size = 1
@@ -182,11 +184,11 @@ class LlamaRunner:
         if not self._keys:
             self._allocate(hidden.dtype)
         block = self._block(starts, slots, n, width, attention, hidden.dtype)
-        cos, sin = self._inner.rotary_emb(hidden, positions.to(device))  # [B, n, D] each
+        cos, sin = self._calls.cos_sin(hidden, positions.to(device))  # [B, n, D] each
         for index, layer in enumerate(self._layers):
             normed = layer.input_layernorm(hidden)
             hidden = hidden + self._attention(index, layer, normed, cos, sin, block)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + self._calls.mlp(layer.mlp, layer.post_attention_layernorm(hidden))
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         if isinstance(logit_rows, int):
             picked = hidden[:, n - logit_rows :]  # [B, r, H]
@@ -260,9 +262,14 @@ class LlamaRunner:
     def _attention(self, index, layer, x, cos, sin, block: _Block) -> torch.Tensor:
         attn = layer.self_attn
         batch, n, _ = x.shape
-        q = attn.q_proj(x).view(batch, n, self._heads, self._head_dim).transpose(1, 2)  # [B, Hq, n, D]
-        k = attn.k_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)  # [B, Hkv, n, D]
-        v = attn.v_proj(x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
+        linear = self._calls.linear
+        q = (
+            linear(attn.q_proj, x).view(batch, n, self._heads, self._head_dim).transpose(1, 2)
+        )  # [B, Hq, n, D]
+        k = (
+            linear(attn.k_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
+        )  # [B, Hkv, n, D]
+        v = linear(attn.v_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = self._keys[index][:batch], self._values[index][:batch]  # [B, Hkv, capacity, D]
         if block.slots is None:  # every row starts at the same position
@@ -294,7 +301,7 @@ class LlamaRunner:
                 scale=attn.scaling,
                 enable_gqa=self._kv_heads != self._heads,
             )  # [B, Hq, n, D]
-        return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self._heads * self._head_dim))
+        return linear(attn.o_proj, out.transpose(1, 2).reshape(batch, n, self._heads * self._head_dim))
 
     @torch.inference_mode()
     def compact_rows(self, starts: list[int], rows: list[list[int]]) -> None:
