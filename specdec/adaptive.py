@@ -8,6 +8,8 @@ running estimates from this generation (exponentially decayed so they follow the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from specdec.costs import CostProfile
 from specdec.shaping import DraftPlan
 from specdec.tree import Tree
@@ -91,7 +93,7 @@ class DraftLengthController:
                 return 0
         return best_k
 
-    def plan(self, free_expected: float = 0.0, free_nodes: int = 0) -> DraftPlan:
+    def plan(self, free_reach: Sequence[float] = ()) -> DraftPlan:
         """This step's chain length (the drafter's own shape, cut at that depth); free candidates
         do not change it."""
         return DraftPlan(self.choose())

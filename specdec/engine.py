@@ -75,8 +75,8 @@ class SpeculativeEngine:
     def step(self, sequence: torch.Tensor, budget: int) -> StepResult:
         """Advance by one target pass. sequence: [1, N] committed tokens; budget: tokens still allowed."""
         n_committed = sequence.shape[1]
-        free = getattr(self.drafter, "free_candidates", None)  # n-gram copies: (expected accepted, nodes)
-        plan = self.controller.plan(*(free(self.pipeline.do_sample) if free is not None else (0.0, 0)))
+        free = getattr(self.drafter, "free_candidates", None)  # n-gram copies: reach per position
+        plan = self.controller.plan(free(sequence, self.pipeline.do_sample) if free is not None else ())
         max_depth = self._draft_length(n_committed, budget, plan.max_depth)
         first = self._steps == 0
 

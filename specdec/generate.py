@@ -143,6 +143,7 @@ class SpeculativeModel:
                 model_budget=self.config.tree_budget or 16,
                 merge_when_sampling=not auto,
                 max_candidates=1 if auto else 2,
+                free_depth=self.config.max_draft_tokens,
             )
         return model
 

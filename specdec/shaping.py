@@ -12,6 +12,7 @@ A chain is the tree this gives when rank 0 dominates.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from specdec.costs import CostProfile
@@ -114,33 +115,49 @@ class AutoShapeController:
         self.ranks = RankAcceptance()
         self._idle_steps = 0
 
-    def plan(self, free_expected: float = 0.0, free_nodes: int = 0) -> DraftPlan:
-        """This step's plan. free_expected / free_nodes: tokens the free candidates (n-gram copies)
-        are expected to get accepted and how many nodes they add; the model tree must beat them.
-        Conservatively, a tree with both is credited with the larger of the two expectations."""
+    def plan(self, free_reach: Sequence[float] = ()) -> DraftPlan:
+        """This step's plan. free_reach[j]: the chance that an accepted path follows this step's free
+        candidate (an n-gram copy, no draft pass) past its position j, from measured acceptance; empty
+        when there is none. The copy is cut at the length with the best expected tokens per second,
+        then model trees of every size are weighed against it; a tree with both is credited,
+        conservatively, with the larger of the two expectations."""
         p = self.ranks.probabilities()
         measured = len(self.costs.verify_seconds)
         if self._live_costs and measured < len(self.EXPLORE):
             tree, _ = best_tree(p, min(self.EXPLORE[measured], self.max_nodes), self.max_depth)
             return DraftPlan(tree.depth, tree)
+        copy_length, copy_expected = self._best_copy(free_reach)
         best, best_rate = None, -1.0
         for size in self.SIZES:
             if size > self.max_nodes:
                 break
             tree, expected = best_tree(p, size, self.max_depth)
-            verified = size + free_nodes + 1
+            verified = size + copy_length + 1
             cost = self.costs.draft_level_seconds * tree.depth + self.costs.verify(verified)
-            rate = (1.0 + max(expected, free_expected)) / max(cost, 1e-9)
+            rate = (1.0 + max(expected, copy_expected)) / max(cost, 1e-9)
             if rate > best_rate:
                 best, best_rate = tree, rate
         if len(best) == 0:
             self._idle_steps += 1
             if self._idle_steps % self.PROBE_EVERY:
-                return DraftPlan(self.free_depth, best) if self.free_depth else DraftPlan(0)
+                return DraftPlan(copy_length, best) if copy_length else DraftPlan(0)
             best, _ = best_tree(p, 2, self.max_depth)
         else:
             self._idle_steps = 0
-        return DraftPlan(max(best.depth, self.free_depth), best)
+        return DraftPlan(max(best.depth, copy_length), best)
+
+    def _best_copy(self, reach: Sequence[float]) -> tuple[int, float]:
+        """(length, expected accepted tokens) of the free copy cut where it verifies the most
+        expected tokens per second on its own (0 when none pays)."""
+        best_length, best_expected = 0, 0.0
+        best_rate = 1.0 / max(self.costs.verify(1), 1e-9)
+        expected = 0.0
+        for length in range(1, min(len(reach), self.free_depth) + 1):
+            expected += reach[length - 1]
+            rate = (1.0 + expected) / max(self.costs.verify(length + 1), 1e-9)
+            if rate > best_rate:
+                best_length, best_expected, best_rate = length, expected, rate
+        return best_length, best_expected
 
     def observe_step(
         self,

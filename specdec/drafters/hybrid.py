@@ -21,6 +21,7 @@ from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
 
 MODEL, NGRAM = "draft-model", "prompt-lookup"
+DECAY = 0.9  # weight of the past in the per-position copy statistics
 
 
 class HybridDrafter:
@@ -47,12 +48,14 @@ class HybridDrafter:
         max_candidates: int = 2,
         merge_when_sampling: bool = True,
         model_depth: int = 4,
+        free_depth: int = 8,
     ) -> None:
         """merge_when_sampling=False: when sampling, propose the draft model's own tree unmerged (its
         nodes stay random draws, which accept more often than chosen tokens); used by strategy=auto."""
         self.model = model
         self.merge_when_sampling = merge_when_sampling
         self.model_depth = model_depth  # draft passes per step for the model's dynamic tree
+        self.free_depth = free_depth  # longest n-gram copy a planner is offered
         self.lookup = lookup
         self.model_budget = model_budget
         self.trust = trust
@@ -63,8 +66,15 @@ class HybridDrafter:
         self._sources: list[tuple[str, ...]] = []
         self._passthrough = False
         self._ngram_gain = 0.5  # decayed mean n-gram-only accepted length per step (with a prior)
-        self._ngram_nodes = 0
         self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}  # decayed [accepted, proposed]
+        self._reset_copy_statistics()
+
+    def _reset_copy_statistics(self) -> None:
+        self._copy_taken = [1.0] * self.free_depth  # decayed: steps whose path followed copy position j
+        self._copy_offered = [2.0] * self.free_depth  # decayed: steps that offered copy position j
+        self._copy_length = 0
+        self._cached_key: tuple[int, int] | None = None
+        self._cached: list[torch.Tensor] = []
 
     @property
     def context_length(self) -> int | None:
@@ -74,15 +84,30 @@ class HybridDrafter:
         self.model.begin()
         self._sources = []
         self._passthrough = False
-        self._ngram_gain, self._ngram_nodes = 0.5, 0
+        self._ngram_gain = 0.5
         self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}
+        self._reset_copy_statistics()
 
-    def free_candidates(self, do_sample: bool) -> tuple[float, int]:
-        """(expected accepted length, node count) of the n-gram copies, from recent steps: what a
-        planner must beat with draft-model nodes. Zero when sampling without merging."""
+    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
+        """Per position j of this step's longest n-gram copy after `sequence` ([1, N]): the measured
+        share of recent steps whose accepted path followed a copy past position j (decayed; prior
+        1/2). What a planner must beat with draft-model nodes. Empty when nothing matches, or when
+        sampling without merging."""
         if do_sample and not self.merge_when_sampling:
-            return 0.0, 0
-        return self._ngram_gain, self._ngram_nodes
+            return []
+        candidates = self._continuations(sequence, self.free_depth)
+        longest = max((c.numel() for c in candidates), default=0)
+        return [t / o for t, o in zip(self._copy_taken[:longest], self._copy_offered, strict=False)]
+
+    def _continuations(self, sequence: torch.Tensor, depth: int) -> list[torch.Tensor]:
+        """This step's n-gram continuations (cached for the step's sequence and depth)."""
+        key = (sequence.shape[1], depth)
+        if self._cached_key != key:
+            self._cached = find_continuations(
+                sequence[0], depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
+            )
+            self._cached_key = key
+        return self._cached
 
     def rate(self, source: str) -> float:
         accepted, proposed = self._rates[source]
@@ -103,10 +128,9 @@ class HybridDrafter:
             self._passthrough = True
             return self.model.propose(sequence, max_depth, pipeline, generator, tree=tree)
         self._passthrough = False
-        candidates = find_continuations(
-            sequence[0], max_depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
-        )
+        candidates = self._continuations(sequence, max_depth)
         longest = max((c.numel() for c in candidates), default=0)
+        self._copy_length = longest
         skip_model = longest >= min(self.skip_length, max_depth) and self._ngram_gain >= self.trust
         skip_model = skip_model or (tree is not None and len(tree) == 0)  # the plan has no model nodes
         self._model_ran = not skip_model
@@ -173,7 +197,10 @@ class HybridDrafter:
                 break
             ngram_run += 1
         self._ngram_gain = 0.8 * self._ngram_gain + 0.2 * ngram_run
-        self._ngram_nodes = sum(NGRAM in s and MODEL not in s for s in self._sources)
+        for j in range(self._copy_length):  # per copy position: was it offered, was it followed
+            self._copy_offered[j] = DECAY * self._copy_offered[j] + 1.0
+            self._copy_taken[j] = DECAY * self._copy_taken[j] + (1.0 if ngram_run > j else 0.0)
+        self._copy_length = 0
         model_path = []
         for node in path if self._sources else ():
             model_node = self._model_nodes[node]
