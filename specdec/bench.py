@@ -107,10 +107,11 @@ def run_benchmark(
     prompts: Sequence[torch.Tensor],
     repeats: int = 1,
     reference: str | None = "target",
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[RunResult]:
     """Time every method on every prompt ([1, L] ids each); warm-up on the first prompt excluded.
 
+    progress(done, total, message) is called after every (method, prompt) run.
     reference: the method whose outputs the others are compared with (greedy: identical expected).
     """
     for method in methods.values():  # warm-up: first-call allocations, cost calibration
@@ -143,7 +144,7 @@ def run_benchmark(
             results.append(result)
             done += 1
             if progress is not None:
-                progress(f"[{done}/{total}] prompt {p_index} {name}: {result.tokens_per_second:.1f} tok/s")
+                progress(done, total, f"prompt {p_index} {name}: {result.tokens_per_second:.1f} tok/s")
     if reference is not None and reference in methods:
         for result in results:
             ref = outputs[(reference, result.prompt)]

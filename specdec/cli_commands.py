@@ -158,6 +158,28 @@ def read_prompts(path: str) -> list[dict]:
     return prompts
 
 
+class ProgressBar:
+    """A progress bar on stderr (tqdm, which transformers installs), one line per run without it."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def update(self, done: int, total: int, message: str) -> None:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            print(f"[{done}/{total}] {message}", file=sys.stderr)
+            return
+        if self._bar is None:
+            self._bar = tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True)
+        self._bar.set_postfix_str(message, refresh=False)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _encode(tokenizer, record: dict, chat: bool) -> torch.Tensor:
     """[1, L] prompt ids; with chat, the template over the record's turns (or its prompt as one turn)."""
     if not chat:
@@ -207,13 +229,17 @@ def run_bench(args: argparse.Namespace) -> int:
     methods = baseline_methods(target, draft, [b for b in args.baselines.split(",") if b], gen_kwargs)
     methods |= strategy_methods(target, draft, strategies, gen_kwargs)
     greedy = args.temperature == 0
-    results = run_benchmark(
-        methods,
-        prompts,
-        repeats=args.repeats,
-        reference="target" if greedy and "target" in methods else None,
-        progress=lambda message: print(message, file=sys.stderr),
-    )
+    bar = ProgressBar()
+    try:
+        results = run_benchmark(
+            methods,
+            prompts,
+            repeats=args.repeats,
+            reference="target" if greedy and "target" in methods else None,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
     rows = summarize(results)
     table = markdown_table(rows)
     print(table)

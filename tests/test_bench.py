@@ -27,8 +27,9 @@ def test_harness_runs_every_method_and_checks_identity():
     methods |= strategy_methods(target, draft, ["chain", "tree", "prompt-lookup"], gen)
     prompts = [prompt(6, 1), prompt(9, 2)]
     seen = []
-    results = run_benchmark(methods, prompts, progress=seen.append)
+    results = run_benchmark(methods, prompts, progress=lambda done, total, text: seen.append((done, total)))
     assert len(results) == len(methods) * 2 == len(seen)
+    assert seen == [(i + 1, len(results)) for i in range(len(results))]
     assert all(r.identical_to_target for r in results)
     assert all(r.new_tokens == 12 for r in results)
     rows = summarize(results)
