@@ -51,6 +51,7 @@ def wrap(
     tree: object = None,
     tree_budget: int | None = None,
     runtime: str = "auto",
+    cuda_graphs: bool = False,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> SpeculativeModel:
@@ -64,6 +65,8 @@ def wrap(
     num_draft_tokens: fixed chain length k, or None to adapt k every step (up to max_draft_tokens).
     runtime: "auto" (specdec's own lean forward and preallocated KV cache for Llama-layout models,
     transformers' forward otherwise), "specdec" (require the lean forward) or "transformers".
+    cuda_graphs: run the runtime's draft and verify passes as CUDA graphs captured once per shape
+    (blocks padded to 1, 2, 4, ..., 128 tokens); needs each model whole on one CUDA device.
     trust_remote_code / allow_pickle: off unless passed (remote code; pickle checkpoints).
     tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
     found next to the models when they were loaded from a local folder.
@@ -86,4 +89,5 @@ def wrap(
         tokenizer=tokenizer,
         draft_tokenizer=draft_tokenizer,
         runtime=runtime,
+        cuda_graphs=cuda_graphs,
     )

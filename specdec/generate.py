@@ -86,9 +86,11 @@ class SpeculativeModel:
         tokenizer=None,
         draft_tokenizer=None,
         runtime: str = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
         self.target = target
         self.runtime = runtime
+        self.cuda_graphs = cuda_graphs
         self.draft = draft
         self.config = config
         self.tokenizer = tokenizer
@@ -96,7 +98,7 @@ class SpeculativeModel:
         #: Measured draft/verify costs that adaptive strategies plan with; measured at the first
         #: generate() that needs it and then kept (set it to reuse a profile across processes).
         self.cost_profile: CostProfile | None = None
-        self._target_runner = make_runner(target, runtime)
+        self._target_runner = make_runner(target, runtime, cuda_graphs)
         self._batch_profiles: dict[int, CostProfile | None] = {}  # batch size -> measured costs
         self._drafter = self._make_drafter(draft, draft_tokenizer)
 
@@ -128,7 +130,12 @@ class SpeculativeModel:
             draft_tokenizer = find_tokenizer(draft)
         check_vocabularies(vocab_info(self.target, target_tokenizer), vocab_info(draft, draft_tokenizer))
         model = ModelDrafter(
-            draft, self._target_runner.vocab_size, self._target_runner.device, self._shape(), self.runtime
+            draft,
+            self._target_runner.vocab_size,
+            self._target_runner.device,
+            self._shape(),
+            self.runtime,
+            self.cuda_graphs,
         )
         if self.config.strategy in ("hybrid", "auto"):
             lookup = PromptLookupDrafter(

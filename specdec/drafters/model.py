@@ -65,8 +65,9 @@ class ModelDrafter:
         target_device: torch.device,
         shape: TreeShape | None = None,
         runtime: str = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
-        self.runner = make_runner(model, runtime)
+        self.runner = make_runner(model, runtime, cuda_graphs)
         self.target_vocab_size = target_vocab_size
         self.target_device = target_device
         self.shape = shape or TreeShape()

@@ -26,9 +26,21 @@ from specdec.models.runner import (
     model_device,
     vocab_size,
 )
+from specdec.models.static_pass import StaticPass, bucket
 from specdec.tree import MAX_TREE_NODES
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+
+
+def graphs_possible(model: PreTrainedModel, calls: ModuleCalls) -> bool:
+    """CUDA graphs need CUDA, every weight on one device and no hooks that could move weights."""
+    devices = {p.device for p in model.parameters()}
+    return (
+        torch.cuda.is_available()
+        and calls.direct
+        and len(devices) == 1
+        and next(iter(devices)).type == "cuda"
+    )
 
 
 def supports_llama_runner(model: PreTrainedModel) -> bool:
@@ -64,7 +76,16 @@ class LlamaRunner:
     The one-row methods (`extend`, `truncate`, `compact`, `length`) are the B = 1 case.
     """
 
-    def __init__(self, model: PreTrainedModel, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        max_length: int | None = None,
+        static: bool = False,
+        cuda_graphs: bool = False,
+    ) -> None:
+        """static: run blocks of up to 128 tokens (with the kernel's form of mask) as fixed-shape
+        passes padded to `static_pass.BUCKETS`; cuda_graphs: also capture each shape once as a CUDA
+        graph and replay it (needs the whole model on one CUDA device, no accelerate hooks)."""
         if not supports_llama_runner(model):
             raise ValueError(f"{type(model).__name__} is not a Llama-layout model this runner supports")
         self.model = model
@@ -81,6 +102,14 @@ class LlamaRunner:
         # (+ the pending tokens) beyond the committed ones, so the cache has room for them.
         self._capacity = (max_length or self.context_length or 4096) + MAX_TREE_NODES + 8
         self._calls = ModuleCalls(model, self._capacity)
+        if cuda_graphs and not graphs_possible(model, self._calls):
+            raise ValueError(
+                "cuda_graphs=True needs the whole model on one CUDA device without accelerate hooks "
+                "(offloaded or split models run the same steps without graphs: pass cuda_graphs=False)."
+            )
+        self.static = static or cuda_graphs
+        self.cuda_graphs = cuda_graphs
+        self._passes: dict[tuple[int, int], StaticPass] = {}  # (B, bucket) -> its pass
         self._keys: list[torch.Tensor] = []  # per layer [B, H_kv, capacity, D]
         self._values: list[torch.Tensor] = []
         self.batch_size = 1
@@ -99,6 +128,7 @@ class LlamaRunner:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self._keys and self._keys[0].shape[0] != batch_size:
             self._keys, self._values = [], []
+            self._passes.clear()  # captured graphs point at the old cache
         self.batch_size = batch_size
         self.lengths = [0] * batch_size
 
@@ -172,6 +202,8 @@ class LlamaRunner:
             raise ValueError(f"the KV cache holds {self._capacity} positions; {width} were asked for")
         if any(not 0 <= c <= n for c in counts):
             raise ValueError(f"counts must be in [0, {n}], got {counts}")
+        if self.static and (attention is None or attention.shape[-1] == n) and bucket(n) is not None:
+            return self._extend_static(tokens, counts, positions, attention, logit_rows, starts)
         device = self.device
         slots = None
         if len(set(starts)) == 1:
@@ -196,6 +228,63 @@ class LlamaRunner:
             rows = logit_rows.to(device)[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, r, H]
             picked = hidden.gather(1, rows)
         return self.model.lm_head(self._inner.norm(picked))  # [B, r, V]
+
+    def _extend_static(self, tokens, counts, positions, attention, logit_rows, starts) -> torch.Tensor:
+        """`extend_rows` as a fixed-shape pass: the block padded to its bucket, inputs on the device."""
+        batch, n = tokens.shape
+        size = bucket(n)
+        device = self.device
+        start_tensor = torch.tensor(starts, device=device)  # [B]
+        padded_tokens = torch.zeros(batch, size, dtype=torch.long, device=device)
+        padded_tokens[:, :n] = tokens.to(device)
+        padded_positions = start_tensor[:, None].expand(batch, size).clone()  # padding: any valid position
+        if positions is None:
+            padded_positions[:, :n] += torch.arange(n, device=device)
+        else:
+            padded_positions[:, :n] = positions.to(device)
+        block = torch.eye(size, dtype=torch.bool, device=device).repeat(batch, 1, 1)  # padding sees itself
+        among = (
+            torch.tril(torch.ones(n, n, dtype=torch.bool, device=device)) if attention is None else attention
+        )
+        block[:, :n, :n] = among.to(device)
+        if not self._keys:
+            self._allocate(self.model.get_input_embeddings().weight.dtype)
+        key = (batch, size)
+        if key not in self._passes:
+            self._passes[key] = StaticPass(self._static_forward, batch, size, device, self.cuda_graphs)
+        logits = self._passes[key].run(padded_tokens, padded_positions, start_tensor, block)  # [B, size, V]
+        self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
+        if isinstance(logit_rows, int):
+            return logits[:, n - logit_rows : n]
+        rows = logit_rows.to(device)[:, :, None].expand(-1, -1, logits.shape[-1])  # [B, r, V]
+        return logits.gather(1, rows)
+
+    def _static_forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, starts: torch.Tensor, block: torch.Tensor
+    ) -> torch.Tensor:
+        """The pass a StaticPass runs or captures: no host values read. tokens, positions [B, n];
+        starts [B] cached lengths; block [B, n, n] -> logits [B, n, V]."""
+        batch, n = tokens.shape
+        hidden = self._inner.embed_tokens(tokens)  # [B, n, H]
+        cos, sin = self._calls.cos_sin(hidden, positions)  # [B, n, D]
+        slots = starts[:, None] + torch.arange(n, device=tokens.device)  # [B, n] cache positions
+        rows = torch.arange(batch, device=tokens.device)[:, None]  # [B, 1]
+        linear = self._calls.linear
+        for index, layer in enumerate(self._layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = linear(attn.q_proj, x).view(batch, n, self._heads, self._head_dim).transpose(1, 2)
+            k = linear(attn.k_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
+            v = linear(attn.v_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)  # [B, H, n, D]
+            keys, values = self._keys[index][:batch], self._values[index][:batch]
+            keys[rows, :, slots] = k.transpose(1, 2)  # [B, n, Hkv, D]
+            values[rows, :, slots] = v.transpose(1, 2)
+            out = tree_attention(q, keys, values, starts, block, scale=attn.scaling)  # [B, Hq, n, D]
+            out = linear(attn.o_proj, out.transpose(1, 2).reshape(batch, n, self._heads * self._head_dim))
+            hidden = hidden + out
+            hidden = hidden + self._calls.mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+        return self.model.lm_head(self._inner.norm(hidden))  # [B, n, V]
 
     def _allocate(self, dtype: torch.dtype) -> None:
         shape = (self.batch_size, self._kv_heads, self._capacity, self._head_dim)
@@ -359,9 +448,12 @@ class LlamaRunner:
 RUNTIMES = ("auto", "specdec", "transformers")
 
 
-def make_runner(model: PreTrainedModel, runtime: str = "auto") -> CausalRunner | LlamaRunner:
+def make_runner(
+    model: PreTrainedModel, runtime: str = "auto", cuda_graphs: bool = False
+) -> CausalRunner | LlamaRunner:
     """The runner for a model: specdec's own for Llama-layout models ("auto" or "specdec"),
-    transformers' forward with a DynamicCache otherwise or when runtime="transformers"."""
+    transformers' forward with a DynamicCache otherwise or when runtime="transformers".
+    cuda_graphs: fixed-shape passes captured as CUDA graphs (specdec's runner only)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is not supported; choose one of {', '.join(RUNTIMES)}.")
     if runtime == "specdec" and not supports_llama_runner(model):
@@ -370,5 +462,10 @@ def make_runner(model: PreTrainedModel, runtime: str = "auto") -> CausalRunner |
             f'window); {type(model).__name__} is not one: use runtime="auto" or "transformers".'
         )
     if runtime != "transformers" and supports_llama_runner(model):
-        return LlamaRunner(model)
+        return LlamaRunner(model, cuda_graphs=cuda_graphs)
+    if cuda_graphs:
+        raise ValueError(
+            f"cuda_graphs=True needs specdec's runtime (a Llama-layout model, runtime auto or specdec); "
+            f"{type(model).__name__} with runtime={runtime!r} runs without graphs: pass cuda_graphs=False."
+        )
     return CausalRunner(model)
