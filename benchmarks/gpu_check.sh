@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU loan (about 15 minutes, no network): CUDA tests, the attention kernel check and benchmark,
-# and the step benchmark when it can take a CUDA device. Every step has its own timeout and a failure
-# does not stop the next; a summary table comes last. Total well under 8 minutes.
+# and the GPU step benchmark (bench_steps_gpu.py). Every step has its own timeout and a failure
+# does not stop the next; a summary table comes last. Time limits add up to under 9 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # logs and JSON land in $OUT (default /tmp/gpu_check_out)
 #
@@ -49,7 +49,7 @@ for name in ("triton", "transformers", "flash_attn"):
 PY
 
 # 1. the kernel tests run whole on CUDA (the compiled kernel in fp32/fp16/bf16, no interpreter)
-step kernel-tests 180 python -m pytest tests/test_kernels.py tests/test_kernels_bench.py -q -x -p no:cacheprovider
+step kernel-tests 120 python -m pytest tests/test_kernels.py tests/test_kernels_bench.py -q -x -p no:cacheprovider
 
 # 2. CUDA tests elsewhere in the suite, if any file mentions cuda
 others=$(grep -l -i "cuda" tests/test_*.py 2>/dev/null | grep -v -e test_kernels.py -e test_kernels_bench.py | tr '\n' ' ')
@@ -59,23 +59,15 @@ if [ -n "$others" ]; then
 fi
 
 # 3. the kernel against the float64 reference on the GPU (bf16, fp16), then timings without flex
-step bench-attention 200 python benchmarks/bench_attention.py --check \
+step bench-attention 120 python benchmarks/bench_attention.py --check \
     --methods triton-tree,triton-chain,sdpa-mask,fa2-causal,flash-kvcache --json "$OUT/bench_attention.json"
 
 # 4. flex_attention compiles once per shape: only at prefix 2048, in its own time box
-step bench-flex 120 python benchmarks/bench_attention.py --methods triton-tree,flex,fa2-causal --prefixes 2048 \
+step bench-flex 45 python benchmarks/bench_attention.py --methods triton-tree,flex,fa2-causal --prefixes 2048 \
     --json "$OUT/bench_flex.json"
 
-# 5. step latencies, only if bench_steps.py can be pointed at a CUDA device
-if python benchmarks/bench_steps.py --help 2>/dev/null | grep -q -- "--device"; then
-    step bench-steps 90 python benchmarks/bench_steps.py --device cuda
-else
-    echo
-    echo "=== bench-steps skipped: benchmarks/bench_steps.py has no --device option (it times the CPU)"
-    NAMES+=("bench-steps")
-    STATUS+=("skipped (no --device)")
-    SECONDS_TAKEN+=("0")
-fi
+# 5. step latencies against the bandwidth floor (Llama-2-7B / TinyLlama shapes, random bf16 weights)
+step bench-steps-gpu 150 python benchmarks/bench_steps_gpu.py --prefix 2048 --alpha 0.6,0.7,0.8
 
 echo
 echo "=== summary ($(date -u +%Y-%m-%dT%H:%MZ), logs in $OUT/)"
