@@ -7,6 +7,7 @@ decoder-only models and returns what it returns (prompt + new tokens, or a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 import warnings
@@ -167,12 +168,20 @@ class SpeculativeModel:
             )
         return TreeShape(mode="chain")
 
-    def _controller(self) -> DraftLengthController | AutoShapeController:
-        """Chains adapt k (unless fixed); trees draft to their own depth; auto plans every step."""
+    def _controller(self, do_sample: bool) -> DraftLengthController | AutoShapeController:
+        """Chains adapt k (unless fixed); trees draft to their own depth; auto plans every step.
+
+        Greedy generations refine a copy of the measured cost profile with their own step times (the
+        output does not depend on the plan); sampling plans with the profile as measured, so a seeded
+        run repeats exactly."""
         config = self.config
         if config.strategy == "auto":
+            costs = self._costs(65)
             return AutoShapeController(
-                max_depth=config.max_draft_tokens, costs=self._costs(65), free_depth=config.max_draft_tokens
+                max_depth=config.max_draft_tokens,
+                costs=costs if do_sample else copy.deepcopy(costs),
+                free_depth=config.max_draft_tokens,
+                refine_costs=not do_sample,
             )
         if config.strategy in ("tree", "dynamic-tree", "hybrid"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
@@ -181,7 +190,9 @@ class SpeculativeModel:
         if config.num_draft_tokens is not None:
             return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
         costs = self._costs(config.max_draft_tokens + 1)
-        return DraftLengthController(config.max_draft_tokens, costs=costs)
+        if do_sample:
+            return DraftLengthController(config.max_draft_tokens, costs=costs)
+        return DraftLengthController(config.max_draft_tokens, costs=copy.deepcopy(costs), refine_costs=True)
 
     def _costs(self, max_verify_tokens: int) -> CostProfile:
         if self.cost_profile is None:
@@ -238,7 +249,7 @@ class SpeculativeModel:
 
         stats = GenerationStats()
         self.stats = stats
-        controller = self._controller()
+        controller = self._controller(bool(gen_config.do_sample))
         engine = SpeculativeEngine(self._target_runner, self._drafter, controller, pipeline, stats, generator)
         engine.begin()
 

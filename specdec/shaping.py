@@ -102,13 +102,15 @@ class AutoShapeController:
         max_depth: int = 8,
         costs: CostProfile | None = None,
         free_depth: int = 0,
+        refine_costs: bool = False,
     ) -> None:
         """costs: a measured CostProfile (fixed during generation, for reproducible seeded sampling);
         without it costs are measured from this generation's own steps, exploring sizes 4 and 16 first.
         free_depth: depth of candidates that cost no draft pass (n-gram copies merged in by a hybrid
         drafter); a plan with no model nodes still lets them be proposed."""
         self.free_depth = free_depth
-        self._live_costs = costs is None
+        self._exploring = costs is None  # without a profile: measure two sizes first
+        self._live_costs = costs is None or refine_costs  # refine: fold step times into `costs`
         self.costs = CostProfile() if costs is None else costs
         self.max_nodes = max_nodes
         self.max_depth = max_depth
@@ -123,7 +125,7 @@ class AutoShapeController:
         conservatively, with the larger of the two expectations."""
         p = self.ranks.probabilities()
         measured = len(self.costs.verify_seconds)
-        if self._live_costs and measured < len(self.EXPLORE):
+        if self._live_costs and self._exploring and measured < len(self.EXPLORE):
             tree, _ = best_tree(p, min(self.EXPLORE[measured], self.max_nodes), self.max_depth)
             return DraftPlan(tree.depth, tree)
         copy_length, copy_expected = self._best_copy(free_reach)
@@ -168,9 +170,13 @@ class AutoShapeController:
         planned: list[bool] | None = None,
     ) -> None:
         """Count the verified tree (only its planned nodes, when `planned` is given) and, without a
-        fixed cost profile, its draft and verify times."""
+        fixed cost profile, its draft and verify times. Draft passes are counted over the planned
+        (draft-model) nodes' depth only: free copies cost no pass."""
         if len(tree) == 0:
             return
         self.ranks.observe(tree, path, planned)
         if self._live_costs:
-            self.costs.observe(tree.depth, len(tree) + 1, draft_time, verify_time)
+            levels = tree.depth
+            if planned is not None:
+                levels = max((d for d, mine in zip(tree.depths, planned, strict=True) if mine), default=0)
+            self.costs.observe(levels, len(tree) + 1, draft_time if levels else None, verify_time)
