@@ -40,16 +40,25 @@ class Accepted:
         return len(self.path)
 
 
-def accept_greedy_chain(draft_tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
-    """Greedy rule: the longest prefix equal to the target's argmax, plus the target's next token.
+def greedy_chain_outcome(draft_tokens: torch.Tensor, target_scores: torch.Tensor) -> torch.Tensor:
+    """The greedy rule without leaving the device: [2] long (n accepted, the target's next token).
 
     draft_tokens: [k]; target_scores: [k + 1, V] processed target scores at each drafted position.
     """
     target_choice = target_scores.argmax(dim=-1)  # [k + 1]
     k = draft_tokens.shape[0]
     matches = (draft_tokens.to(target_choice.device) == target_choice[:k]).long()  # [k]
-    n = int(matches.cumprod(dim=0).sum().item()) if k else 0
-    return Accepted(tuple(range(n)), int(target_choice[n].item()))
+    n = matches.cumprod(dim=0).sum() if k else target_choice.new_zeros(())  # []
+    return torch.stack([n, target_choice[n]])
+
+
+def accept_greedy_chain(draft_tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
+    """Greedy rule: the longest prefix equal to the target's argmax, plus the target's next token.
+
+    draft_tokens: [k]; target_scores: [k + 1, V] processed target scores at each drafted position.
+    """
+    n, next_token = greedy_chain_outcome(draft_tokens, target_scores).tolist()
+    return Accepted(tuple(range(n)), next_token)
 
 
 def acceptance_probability(p_token: torch.Tensor, q_token: torch.Tensor) -> torch.Tensor:

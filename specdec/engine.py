@@ -14,6 +14,7 @@ from specdec.acceptance import (
     accept_greedy_tree,
     accept_stochastic_chain,
     accept_stochastic_tree,
+    greedy_chain_outcome,
 )
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
@@ -92,12 +93,18 @@ class SpeculativeEngine:
 
         # 2. verify: the target scores the root and all T nodes in one pass
         logits = self._verify(sequence, draft)  # [T + 1, V]
-        if not bool(torch.isfinite(logits).all()):
-            raise NonFiniteLogitsError("target", self._steps)
+        finite = torch.isfinite(logits).all()  # [] on the device; read with the acceptance
         scores = self.pipeline.scores_tree(sequence, draft.tokens, tree, logits)  # [T + 1, V]
 
-        # 3. accept
-        accepted = self._accept(draft, scores)
+        # 3. accept (a greedy chain reads the finiteness flag and its outcome in one host sync)
+        if not self.pipeline.do_sample and tree.is_chain:
+            outcome = greedy_chain_outcome(draft.tokens, scores)  # [2]
+            ok, n, next_token = torch.cat([finite.long().view(1), outcome]).tolist()
+            accepted = Accepted(tuple(range(n)), next_token) if ok else None
+        else:
+            accepted = self._accept(draft, scores) if bool(finite) else None
+        if accepted is None:
+            raise NonFiniteLogitsError("target", self._steps)
         t2 = time.perf_counter()
 
         # 4. commit: the accepted path moves to contiguous cache rows, every other node is dropped
