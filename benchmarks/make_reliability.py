@@ -48,6 +48,10 @@ AREAS = {
     "test_batch": "Batched generation: per-row caches, every row equal to the target alone, chi-square",
     "test_kernels": "Tree attention kernels against the float64 reference (Triton interpreter on CPU)",
     "test_kernels_bench": "Attention benchmark methods compute the reference",
+    "test_kernel_runner": "Greedy generate() through every attention backend (Triton interpreter, eager, "
+    "SDPA), batches included; CUDA twin skipped on CPU",
+    "test_static_pass": "Fixed-shape (CUDA-graph-ready) passes equal ordinary passes; generate() through "
+    "them; CUDA graph replay test skipped on CPU",
 }
 
 
