@@ -33,6 +33,8 @@ class DraftLengthController:
     more than it gains) compares against plain decoding, E(0) = 1 token per verify(1).
     refine_costs: keep folding this generation's step times into the given profile (batches: a
     profile measured on a short dummy prompt is corrected by the real steps' times).
+    nodes: nodes[k] = tokens drafted when cutting at depth k (a static tree cut by depth; default
+    k, a chain); verification then costs verify(nodes[k] + 1).
 
     costs: a measured CostProfile; when given, costs are not re-measured during generation, so the
     k schedule depends only on acceptance (reproducible seeded sampling). Without it, costs are
@@ -50,12 +52,14 @@ class DraftLengthController:
         costs: CostProfile | None = None,
         min_k: int = 1,
         refine_costs: bool = False,
+        nodes: Sequence[int] | None = None,
     ) -> None:
         self._live_costs = costs is None or refine_costs
         self.costs = CostProfile() if costs is None else costs
         self.max_k = max_k
         self.fixed_k = fixed_k
         self.min_k = min_k  # 0 lets a measured profile choose no draft at all (batches)
+        self.nodes = list(nodes) if nodes is not None else list(range(max_k + 1))  # verified at depth k
         self._undrafted_steps = 0
         self._drafted_steps = 0
         self.initial_k = min(initial_k, max_k)
@@ -75,7 +79,7 @@ class DraftLengthController:
         alpha = min(self.alpha, 0.999)
         best_k, best_rate = max(self.min_k, 1), -1.0
         for k in range(self.min_k, self.max_k + 1):
-            cost = k * self.costs.draft_level_seconds + self.costs.verify(k + 1)
+            cost = k * self.costs.draft_level_seconds + self.costs.verify(self.nodes[k] + 1)
             rate = expected_tokens(alpha, k) / max(cost, 1e-9)
             if rate > best_rate:
                 best_k, best_rate = k, rate

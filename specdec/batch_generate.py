@@ -156,14 +156,16 @@ def batch_controller(
     size: `profile` is measured once per batch size with dummy passes and then refined with the real
     steps' times (draft passes; verification plus acceptance), which every 16 steps include one step
     of the arm not chosen (k = 0 while drafting, k = 1 while not). k = 0, plain batched decoding, wins
-    when verifying k + 1 tokens per row costs more than the accepted tokens save. Trees draft their
-    full depth, as at batch size 1.
+    when verifying k + 1 tokens per row costs more than the accepted tokens save. Static trees choose
+    the depth they are cut at the same way (0 .. their depth; verifying the nodes up to that depth).
     """
     if config.strategy == "none":
         return Tree.chain(0), DraftLengthController(1, fixed_k=0)
     if config.strategy == "tree":
         tree = config.static_tree
-        return tree, DraftLengthController(tree.depth, fixed_k=tree.depth)
+        nodes = [sum(d <= k for d in tree.depths) for k in range(tree.depth + 1)]
+        controller = DraftLengthController(tree.depth, costs=profile, min_k=0, refine_costs=True, nodes=nodes)
+        return tree, controller
     template = Tree.chain(config.max_draft_tokens)
     if config.num_draft_tokens is not None:
         return template, DraftLengthController(config.max_draft_tokens, fixed_k=config.num_draft_tokens)
@@ -171,7 +173,10 @@ def batch_controller(
 
 
 def batch_costs(target: LlamaRunner, draft: LlamaRunner | None, batch_size: int, config: SpecConfig):
-    """Costs at this batch size for an adaptive chain, else None."""
-    if config.strategy != "chain" or config.num_draft_tokens is not None or draft is None:
+    """Costs at this batch size for an adaptive chain or a static tree, else None."""
+    if draft is None or config.strategy not in ("chain", "tree"):
         return None
-    return measure_batch_costs(target, draft, batch_size, config.max_draft_tokens + 1)
+    if config.strategy == "chain" and config.num_draft_tokens is not None:
+        return None
+    largest = len(config.static_tree) if config.strategy == "tree" else config.max_draft_tokens
+    return measure_batch_costs(target, draft, batch_size, largest + 1)
