@@ -192,7 +192,16 @@ def test_return_dict_and_unpadded_batch(target):
 
 # ---------------------------------------------------------------------- sampling
 @pytest.mark.parametrize("strategy, kwargs", [("chain", {"num_draft_tokens": 2}), ("tree", {"tree": (2, 1)})])
-def test_sampled_rows_follow_the_target_distribution(strategy, kwargs):
+def test_sampled_rows_follow_the_target_distribution(monkeypatch, strategy, kwargs):
+    """Chi-square per row; the tree is held at its full depth (batched trees otherwise choose their
+    depth from measured costs, which on these tiny models is mostly 0: no tree would be tested)."""
+    import specdec.generate as generate_module
+
+    def full_depth(config, batch_size, profile):
+        template = config.static_tree if config.strategy == "tree" else Tree.chain(config.num_draft_tokens)
+        return template, DraftLengthController(template.depth, fixed_k=template.depth)
+
+    monkeypatch.setattr(generate_module, "batch_controller", full_depth)
     target = tiny_llama(vocab=V, seed=0, init=0.1)
     draft = tiny_llama(vocab=V, hidden=32, layers=1, heads=2, kv_heads=1, seed=5, init=0.1)
     sample_kwargs = dict(do_sample=True, temperature=0.9, top_k=6, eos_token_id=None)
@@ -201,12 +210,14 @@ def test_sampled_rows_follow_the_target_distribution(strategy, kwargs):
     g = torch.Generator().manual_seed(11)
     counts = torch.zeros(3, V, V)
     width = ids.shape[1]
+    drafted = 0
     for _ in range(700):
         out = spec.generate(ids, attention_mask=mask, max_new_tokens=3, generator=g, **sample_kwargs)
+        drafted += spec.stats.drafted_tokens
         for b in range(3):
             a, c = out[b, width : width + 2].tolist()
             counts[b, a, c] += 1
-    assert spec.stats.drafted_tokens > 0
+    assert drafted > 700  # every call drafted
     for b, p in enumerate(prompts):
         joint = exact_joint(target, p, **sample_kwargs)
         assert chi_square_pvalue(counts[b], joint) > 1e-3, f"row {b}"
@@ -255,3 +266,14 @@ def test_batch_bad_input(target, small_draft):
         generic.generate(ids, attention_mask=mask, max_new_tokens=4)
     with pytest.raises(ValueError, match="exceeds the target's context"):
         spec.generate(ids, attention_mask=mask, max_new_tokens=251)
+
+
+def test_tree_depth_controller_prices_the_nodes_of_each_depth():
+    """A static tree cut at depth k verifies nodes[k] tokens: a wide last level that costs more than
+    it returns is left off, and with cheap verification the whole tree is drafted."""
+    nodes = [0, 2, 4, 36]  # (2, 1, 8): depth 3 adds 32 nodes
+    costs = CostProfile(draft_level_seconds=0.01, verify_seconds={1: 1.0, 5: 1.05, 37: 3.0})
+    controller = DraftLengthController(3, costs=costs, min_k=0, nodes=nodes)
+    assert controller.choose() == 2
+    flat = CostProfile(draft_level_seconds=0.01, verify_seconds={1: 1.0, 37: 1.01})
+    assert DraftLengthController(3, costs=flat, min_k=0, nodes=nodes).choose() == 3
