@@ -8,6 +8,7 @@ after a row stops.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -147,29 +148,38 @@ def pad_outputs(input_ids: torch.Tensor, new_tokens: list[torch.Tensor], pad: in
 
 
 def batch_controller(
-    config: SpecConfig, batch_size: int, profile: CostProfile | None
+    config: SpecConfig, batch_size: int, profile: CostProfile | None, do_sample: bool = False
 ) -> tuple[Tree, DraftLengthController]:
     """The shared tree shape and the depth controller of a batched generation.
 
     Chains with num_draft_tokens=None choose k in 0..max_draft_tokens every step (Leviathan et al.'s
     expected tokens per second) from the acceptance measured across rows and the costs of this batch
-    size: `profile` is measured once per batch size with dummy passes and then refined with the real
-    steps' times (draft passes; verification plus acceptance), which every 16 steps include one step
+    size: `profile` is measured once per batch size with dummy passes and, when greedy, refined with
+    the real steps' times (draft passes; verification plus acceptance), which every 16 steps include one step
     of the arm not chosen (k = 0 while drafting, k = 1 while not). k = 0, plain batched decoding, wins
     when verifying k + 1 tokens per row costs more than the accepted tokens save. Static trees choose
     the depth they are cut at the same way (0 .. their depth; verifying the nodes up to that depth).
+    Greedy generations refine a copy of the profile; sampling plans with the profile as measured, so
+    a seeded batched run repeats exactly on the same SpeculativeModel.
     """
+    refine = not do_sample
+    if profile is not None and refine:
+        profile = copy.deepcopy(profile)
     if config.strategy == "none":
         return Tree.chain(0), DraftLengthController(1, fixed_k=0)
     if config.strategy == "tree":
         tree = config.static_tree
         nodes = [sum(d <= k for d in tree.depths) for k in range(tree.depth + 1)]
-        controller = DraftLengthController(tree.depth, costs=profile, min_k=0, refine_costs=True, nodes=nodes)
+        controller = DraftLengthController(
+            tree.depth, costs=profile, min_k=0, refine_costs=refine, nodes=nodes
+        )
         return tree, controller
     template = Tree.chain(config.max_draft_tokens)
     if config.num_draft_tokens is not None:
         return template, DraftLengthController(config.max_draft_tokens, fixed_k=config.num_draft_tokens)
-    return template, DraftLengthController(config.max_draft_tokens, costs=profile, min_k=0, refine_costs=True)
+    return template, DraftLengthController(
+        config.max_draft_tokens, costs=profile, min_k=0, refine_costs=refine
+    )
 
 
 def batch_costs(target: LlamaRunner, draft: LlamaRunner | None, batch_size: int, config: SpecConfig):

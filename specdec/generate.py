@@ -331,7 +331,9 @@ class SpeculativeModel:
         batch = input_ids.shape[0]
         if batch not in self._batch_profiles:
             self._batch_profiles[batch] = batch_costs(self._target_runner, draft, batch, self.config)
-        template, controller = batch_controller(self.config, batch, self._batch_profiles[batch])
+        template, controller = batch_controller(
+            self.config, batch, self._batch_profiles[batch], bool(gen_config.do_sample)
+        )
         stats = GenerationStats()
         self.stats = stats
         engine = BatchSpeculativeEngine(self._target_runner, draft, template, controller, stats, generator)

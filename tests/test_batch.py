@@ -197,7 +197,7 @@ def test_sampled_rows_follow_the_target_distribution(monkeypatch, strategy, kwar
     depth from measured costs, which on these tiny models is mostly 0: no tree would be tested)."""
     import specdec.generate as generate_module
 
-    def full_depth(config, batch_size, profile):
+    def full_depth(config, batch_size, profile, do_sample):
         template = config.static_tree if config.strategy == "tree" else Tree.chain(config.num_draft_tokens)
         return template, DraftLengthController(template.depth, fixed_k=template.depth)
 
@@ -277,3 +277,21 @@ def test_tree_depth_controller_prices_the_nodes_of_each_depth():
     assert controller.choose() == 2
     flat = CostProfile(draft_level_seconds=0.01, verify_seconds={1: 1.0, 37: 1.01})
     assert DraftLengthController(3, costs=flat, min_k=0, nodes=nodes).choose() == 3
+
+
+def test_seeded_batched_sampling_repeats(target, small_draft):
+    """Sampling plans with the measured profile (no refinement), so the same seed gives the same rows."""
+    ids, mask, _ = left_padded([4, 7], 1000)
+    for strategy, kwargs in (("chain", {}), ("tree", {"tree": (2, 1)})):
+        spec = specdec.wrap(target, small_draft, strategy=strategy, **kwargs)
+        runs = [
+            spec.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=12,
+                do_sample=True,
+                generator=torch.Generator().manual_seed(3),
+            )
+            for _ in range(2)
+        ]
+        assert torch.equal(runs[0], runs[1])
