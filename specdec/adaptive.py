@@ -79,7 +79,7 @@ class DraftLengthController:
         alpha = min(self.alpha, 0.999)
         best_k, best_rate = max(self.min_k, 1), -1.0
         for k in range(self.min_k, self.max_k + 1):
-            cost = k * self.costs.draft_level_seconds + self.costs.verify(self.nodes[k] + 1)
+            cost = self.costs.draft(k, self.nodes[k]) + self.costs.verify(self.nodes[k] + 1)
             rate = expected_tokens(alpha, k) / max(cost, 1e-9)
             if rate > best_rate:
                 best_k, best_rate = k, rate
@@ -131,4 +131,4 @@ class DraftLengthController:
         self._accepted = self._accepted * self.decay + num_accepted
         self._trials = self._trials * self.decay + trials
         if self._live_costs:
-            self.costs.observe(num_drafted, num_nodes + 1, draft_time, verify_time)
+            self.costs.observe(num_drafted, num_nodes + 1, draft_time, verify_time, num_nodes)

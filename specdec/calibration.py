@@ -7,7 +7,7 @@ import time
 import torch
 from transformers import GenerationConfig
 
-from specdec.costs import CostProfile
+from specdec.costs import CostProfile, split_draft_costs
 from specdec.drafters.base import Drafter
 from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline
@@ -33,8 +33,9 @@ def measure_costs(
     pause: float = 0.002,
 ) -> CostProfile:
     """Time target verification of 1, 2, 3, 5, 9, ... tokens (up to max_verify_tokens, with an explicit
-    attention mask as trees use) after a dummy prompt, and one draft level (a 4-token chain of the
-    draft model, divided by 4). Leaves both caches empty.
+    attention mask as trees use) after a dummy prompt, and the draft model's proposals of a 1-token
+    chain, a 4-token chain and a (4, 2, 2) tree, split into a per-step, per-level and per-node cost
+    (`split_draft_costs`). Leaves both caches empty.
 
     Each timed pass follows a `pause` (seconds) as real steps follow the host's own work: on a CPU,
     back-to-back passes run warm (threads spinning, caches hot) and measured 20-30% faster than the
@@ -69,15 +70,26 @@ def measure_costs(
         pipeline = LogitsPipeline(GenerationConfig(do_sample=False), prompt_tokens, [])
         sequence = prompt[None]  # [1, P]
         model.begin()
-        times = []
-        for _ in range(repeats + 1):
-            model.observe(prompt_tokens - 1, ())  # the draft has seen all but the last token
-            time.sleep(pause)
-            start = time.perf_counter()
-            model.propose(sequence, 4, pipeline, None, tree=Tree.chain(4))
-            _synchronize(target.device)
-            times.append((time.perf_counter() - start) / 4)
-        profile.draft_level_seconds = _median(times[1:])
+        wide = Tree.from_branching((4, 2, 2))  # 4 + 8 + 16 nodes; two wide levels fed
+
+        def proposal_seconds(tree: Tree) -> float:
+            times = []
+            for _ in range(repeats + 1):
+                model.observe(prompt_tokens - 1, ())  # the draft has seen all but the last token
+                time.sleep(pause)
+                start = time.perf_counter()
+                model.propose(sequence, tree.depth, pipeline, None, tree=tree)
+                _synchronize(target.device)
+                times.append(time.perf_counter() - start)
+            return _median(times[1:])
+
+        chain1, chain4 = proposal_seconds(Tree.chain(1)), proposal_seconds(Tree.chain(4))
+        step, level, node = split_draft_costs(chain1, chain4, proposal_seconds(wide), wide.depth, len(wide))
+        profile.draft_step_seconds, profile.draft_level_seconds, profile.draft_node_seconds = (
+            step,
+            level,
+            node,
+        )
         model.begin()
     return profile
 

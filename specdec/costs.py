@@ -20,13 +20,37 @@ class CostProfile:
     draft_level_seconds: float = 0.0
     verify_seconds: dict[int, float] = field(default_factory=dict)
     draft_measured: bool = False
+    #: With `split_draft_costs`: a model-drafting step costs draft_step_seconds (its first pass over
+    #: the pending tokens, set-up) + depth * draft_level_seconds + nodes * draft_node_seconds.
+    draft_step_seconds: float = 0.0
+    draft_node_seconds: float = 0.0
+
+    def draft(self, depth: int, nodes: int) -> float:
+        """Seconds for the draft model to propose `nodes` nodes in `depth` levels (0 for none)."""
+        if nodes == 0 or depth == 0:
+            return 0.0
+        return self.draft_step_seconds + depth * self.draft_level_seconds + nodes * self.draft_node_seconds
 
     def observe(
-        self, levels: int, verified_tokens: int, draft_time: float | None, verify_time: float | None
+        self,
+        levels: int,
+        verified_tokens: int,
+        draft_time: float | None,
+        verify_time: float | None,
+        nodes: int | None = None,
     ) -> None:
-        """Fold one step's times into decayed means: `draft_time` for `levels` draft passes,
-        `verify_time` for verifying `verified_tokens` tokens (None: not counted, e.g. the prefill)."""
-        if draft_time is not None:
+        """Fold one step's times into decayed means: `draft_time` for `levels` draft passes proposing
+        `nodes` nodes (default: one per level), `verify_time` for verifying `verified_tokens` tokens
+        (None: not counted, e.g. the prefill). A split draft cost (step, level, node) is scaled as a
+        whole towards the observed time."""
+        nodes = levels if nodes is None else nodes
+        predicted = self.draft(levels, nodes)
+        if draft_time is not None and (self.draft_step_seconds or self.draft_node_seconds) and predicted > 0:
+            scale = (1 - NEW_WEIGHT) + NEW_WEIGHT * draft_time / predicted
+            self.draft_step_seconds *= scale
+            self.draft_level_seconds *= scale
+            self.draft_node_seconds *= scale
+        elif draft_time is not None:
             per_level = draft_time / max(levels, 1)
             old = self.draft_level_seconds
             self.draft_level_seconds = (
@@ -52,3 +76,14 @@ class CostProfile:
         (x0, y0), (x1, y1) = points[-2], points[-1]
         slope = max((y1 - y0) / (x1 - x0), 0.0)
         return y1 + slope * (num_tokens - x1)
+
+
+def split_draft_costs(chain1: float, chain4: float, tree: float, tree_depth: int, tree_nodes: int):
+    """(step, level, node) seconds from three measured proposals: a 1-token chain, a 4-token chain and
+    a tree of `tree_nodes` nodes in `tree_depth` levels, solving t = step + depth * level + nodes * node
+    (chains have one node per level, so their per-level cost is level + node; clamped at 0)."""
+    per_chain_level = max((chain4 - chain1) / 3, 0.0)  # level + node
+    step = max(chain1 - per_chain_level, 0.0)
+    node = (tree - step - tree_depth * per_chain_level) / max(tree_nodes - tree_depth, 1)
+    node = min(max(node, 0.0), per_chain_level)
+    return step, per_chain_level - node, node

@@ -135,7 +135,7 @@ class AutoShapeController:
                 break
             tree, expected = best_tree(p, size, self.max_depth)
             verified = size + copy_length + 1
-            cost = self.costs.draft_level_seconds * tree.depth + self.costs.verify(verified)
+            cost = self.costs.draft(tree.depth, size) + self.costs.verify(verified)
             rate = (1.0 + max(expected, copy_expected)) / max(cost, 1e-9)
             if rate > best_rate:
                 best, best_rate = tree, rate
@@ -176,7 +176,8 @@ class AutoShapeController:
             return
         self.ranks.observe(tree, path, planned)
         if self._live_costs:
-            levels = tree.depth
+            levels, nodes = tree.depth, len(tree)
             if planned is not None:
-                levels = max((d for d, mine in zip(tree.depths, planned, strict=True) if mine), default=0)
-            self.costs.observe(levels, len(tree) + 1, draft_time if levels else None, verify_time)
+                mine = [d for d, is_planned in zip(tree.depths, planned, strict=True) if is_planned]
+                levels, nodes = max(mine, default=0), len(mine)
+            self.costs.observe(levels, len(tree) + 1, draft_time if levels else None, verify_time, nodes)

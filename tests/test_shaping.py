@@ -110,3 +110,20 @@ def test_rank_counts_ignore_unplanned_nodes():
         ranks.observe(tree, (2,), planned=[True, True, False])  # the n-gram node was accepted
     p = ranks.probabilities()
     assert p[0] < 0.05 and p[1] < 0.05  # the planned ranks were offered and not taken
+
+
+def test_split_draft_costs_recovers_step_level_and_node_costs():
+    """Proposal times made from known costs give those costs back; the profile prices plans with them."""
+    from specdec.costs import CostProfile, split_draft_costs
+
+    step, level, node = 1.6e-3, 0.9e-3, 0.2e-3
+
+    def seconds(depth, nodes):
+        return step + depth * level + nodes * node
+
+    got = split_draft_costs(seconds(1, 1), seconds(4, 4), seconds(2, 20), 2, 20)
+    assert all(abs(a - b) < 1e-12 for a, b in zip(got, (step, level, node), strict=True))
+    profile = CostProfile(draft_level_seconds=level, draft_step_seconds=step, draft_node_seconds=node)
+    assert profile.draft(0, 0) == 0.0 and abs(profile.draft(8, 64) - seconds(8, 64)) < 1e-12
+    profile.observe(2, 3, 2 * seconds(2, 2), None, nodes=2)  # twice as slow as predicted
+    assert abs(profile.draft(2, 2) - 1.3 * seconds(2, 2)) < 1e-12  # moved 30% of the way
