@@ -103,7 +103,9 @@ class BatchSpeculativeEngine:
     def step(self, rows: list[BatchRow], budgets: list[int]) -> list[torch.Tensor]:
         """Advance every row by one target pass; return each row's committed tokens ([m_b] long).
 
-        budgets[b]: tokens row b may still add; no row drafts past its budget or its context.
+        budgets[b]: tokens row b may still add. The shared depth is capped by the largest budget (a row
+        with less left keeps only its first budget[b] tokens, which the caller cuts: exact, since every
+        committed prefix is) and by the draft's context.
         """
         depth = self._depth(rows, budgets)
         tree = self._tree(depth)
@@ -142,7 +144,7 @@ class BatchSpeculativeEngine:
     def _depth(self, rows: list[BatchRow], budgets: list[int]) -> int:
         if self.draft is None:
             return 0
-        depth = min(self.controller.plan().max_depth, self.template.depth, min(budgets) - 1)
+        depth = min(self.controller.plan().max_depth, self.template.depth, max(budgets) - 1)
         context = self.draft.context_length
         if context is not None:
             depth = min(depth, context - max(row.sequence.shape[0] for row in rows) + 1)
