@@ -22,6 +22,7 @@ import torch
 from specdec.acceptance import Accepted, NodeKind
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft
+from specdec.drafters.prompt_lookup import find_continuation
 from specdec.engine import accept_draft
 from specdec.errors import NonFiniteLogitsError
 from specdec.models.llama_runner import LlamaRunner
@@ -55,6 +56,8 @@ class BatchSpeculativeEngine:
 
     template: the tree every row drafts (`Tree.chain(k)` for chains); each step uses its nodes up to
     the depth the controller plans (0 = no draft: a plain batched decode step).
+    lookup: (max_ngram, min_ngram) to draft each row's chain by prompt lookup instead of a draft model
+    (draft=None): row b keeps the first L_b nodes, L_b its copy's length (0 when nothing matches).
     """
 
     def __init__(
@@ -65,9 +68,11 @@ class BatchSpeculativeEngine:
         controller: DraftLengthController,
         stats: GenerationStats,
         generator: torch.Generator | None = None,
+        lookup: tuple[int, int] | None = None,
     ) -> None:
         self.target = target
         self.draft = draft
+        self.lookup = lookup
         self.template = template
         self.controller = controller
         self.stats = stats
@@ -121,15 +126,19 @@ class BatchSpeculativeEngine:
         first = self._steps == 0
         self.stats.draft_time += t1 - t0
         self.stats.verify_time += t2 - t1
+        depths = torch.tensor(tree.depths, dtype=torch.long)  # [T]
+        row_depths = (proposal.present.long() * depths).amax(dim=1).tolist() if len(tree) else [0] * len(rows)
+        timed_row = next((b for b, d in enumerate(row_depths) if d > 0), None)
         for b, accepted in enumerate(results):
             size = int(proposal.present[b].sum())
-            self.stats.record_step(size, tree.depth, accepted.num_accepted, accepted.num_accepted + 1)
-            # the first step's times include warm-up; the others count once per batched pass
-            timed = not first and b == 0
+            self.stats.record_step(size, row_depths[b], accepted.num_accepted, accepted.num_accepted + 1)
+            # acceptance counts each row at its own depth (a row without a copy drafted nothing); the
+            # times count once per batched pass, except the first step's (warm-up)
+            timed = not first and b == timed_row
             self.controller.observe(
-                tree.depth,
+                row_depths[b],
                 accepted.num_accepted,
-                t1 - t0 if timed and depth else None,
+                t1 - t0 if timed else None,
                 t2 - t1 if timed else None,
                 num_nodes=len(tree),
             )
@@ -142,10 +151,10 @@ class BatchSpeculativeEngine:
         return tokens
 
     def _depth(self, rows: list[BatchRow], budgets: list[int]) -> int:
-        if self.draft is None:
+        if self.draft is None and self.lookup is None:
             return 0
         depth = min(self.controller.plan().max_depth, self.template.depth, max(budgets) - 1)
-        context = self.draft.context_length
+        context = self.draft.context_length if self.draft is not None else None
         if context is not None:
             depth = min(depth, context - max(row.sequence.shape[0] for row in rows) + 1)
         return max(depth, 0)
@@ -169,6 +178,8 @@ class BatchSpeculativeEngine:
         q = torch.zeros(batch, size, self.target.vocab_size, device=device) if do_sample else None
         if size == 0:
             return _Proposal(tree, tokens, q, kinds, present, [])
+        if self.lookup is not None:
+            return self._propose_lookup(rows, tree, tokens, present)
         draft = self.draft
         pending = [row.sequence[length:] for row, length in zip(rows, draft.lengths, strict=True)]
         block, counts = _pad(pending, draft.device)
@@ -190,6 +201,18 @@ class BatchSpeculativeEngine:
                 fed.extend(to_feed)
                 parent_logits.update({node: logits[:, j] for j, node in enumerate(to_feed)})
         return _Proposal(tree, tokens, q, kinds, present, fed)
+
+    def _propose_lookup(
+        self, rows: list[BatchRow], tree: Tree, tokens: torch.Tensor, present: torch.Tensor
+    ) -> _Proposal:
+        """Each row's n-gram copy on the chain template: chosen tokens (q = a point mass on each)."""
+        max_ngram, min_ngram = self.lookup
+        for b, row in enumerate(rows):
+            copy = find_continuation(row.sequence, len(tree), max_ngram, min_ngram)  # [L_b]
+            tokens[b, : copy.shape[0]] = copy.to(tokens.device)
+            present[b, copy.shape[0] :] = False
+        kinds = torch.full((len(tree),), int(NodeKind.DETERMINISTIC), dtype=torch.long)
+        return _Proposal(tree, tokens, None, kinds, present, [])
 
     def _draft_scores(
         self, rows: list[BatchRow], tree: Tree, tokens: torch.Tensor, parent: int, logits: torch.Tensor

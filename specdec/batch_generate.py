@@ -24,7 +24,7 @@ from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
 
 #: Strategies that run on batches; the others keep per-row state (n-gram tables, adaptive trees).
-BATCH_STRATEGIES = ("chain", "tree", "none")
+BATCH_STRATEGIES = ("chain", "tree", "prompt-lookup", "none")
 
 
 def batch_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
@@ -167,6 +167,9 @@ def batch_controller(
         profile = copy.deepcopy(profile)
     if config.strategy == "none":
         return Tree.chain(0), DraftLengthController(1, fixed_k=0)
+    if config.strategy == "prompt-lookup" and config.num_draft_tokens is not None:
+        template = Tree.chain(config.num_draft_tokens)
+        return template, DraftLengthController(template.depth, fixed_k=template.depth)
     if config.strategy == "tree":
         tree = config.static_tree
         nodes = [sum(d <= k for d in tree.depths) for k in range(tree.depth + 1)]
@@ -183,10 +186,10 @@ def batch_controller(
 
 
 def batch_costs(target: LlamaRunner, draft: LlamaRunner | None, batch_size: int, config: SpecConfig):
-    """Costs at this batch size for an adaptive chain or a static tree, else None."""
-    if draft is None or config.strategy not in ("chain", "tree"):
+    """Costs at this batch size for an adaptive chain, prompt lookup or a static tree, else None."""
+    if config.strategy not in ("chain", "tree", "prompt-lookup"):
         return None
-    if config.strategy == "chain" and config.num_draft_tokens is not None:
+    if config.strategy != "tree" and config.num_draft_tokens is not None:
         return None
     largest = len(config.static_tree) if config.strategy == "tree" else config.max_draft_tokens
     return measure_batch_costs(target, draft, batch_size, largest + 1)

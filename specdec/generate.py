@@ -214,7 +214,7 @@ class SpeculativeModel:
         """Generate like `target.generate(...)`, speculatively.
 
         inputs / input_ids: [B, L] prompt ids (left padding through attention_mask); B > 1 runs the
-        chain, tree and none strategies on Llama-layout models (see specdec.batch).
+        chain, tree, prompt-lookup and none strategies on Llama-layout models (see specdec.batch).
         generator: a torch.Generator for the draws (specdec extension); default: torch's global RNG.
         Returns [B, L + new] ids (rows that stop early padded with pad_token_id), or a
         GenerateDecoderOnlyOutput when return_dict_in_generate=True.
@@ -336,7 +336,12 @@ class SpeculativeModel:
         )
         stats = GenerationStats()
         self.stats = stats
-        engine = BatchSpeculativeEngine(self._target_runner, draft, template, controller, stats, generator)
+        lookup = None
+        if self.config.strategy == "prompt-lookup":
+            lookup = (self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram)
+        engine = BatchSpeculativeEngine(
+            self._target_runner, draft, template, controller, stats, generator, lookup
+        )
         start = time.perf_counter()
         new_tokens = generate_batch(
             engine, prompts, gen_config, max_new_tokens, eos_ids, logits_processor, stopping_criteria

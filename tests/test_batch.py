@@ -257,8 +257,8 @@ def test_batch_bad_input(target, small_draft):
         spec.generate(
             ids, attention_mask=mask, max_new_tokens=4, output_scores=True, return_dict_in_generate=True
         )
-    with pytest.raises(ValueError, match='strategy="prompt-lookup" runs one prompt at a time'):
-        specdec.wrap(target, None, strategy="prompt-lookup").generate(
+    with pytest.raises(ValueError, match='strategy="dynamic-tree" runs one prompt at a time'):
+        specdec.wrap(target, small_draft, strategy="dynamic-tree").generate(
             ids, attention_mask=mask, max_new_tokens=4
         )
     generic = specdec.wrap(target, small_draft, strategy="chain", runtime="transformers")
@@ -295,3 +295,47 @@ def test_seeded_batched_sampling_repeats(target, small_draft):
             for _ in range(2)
         ]
         assert torch.equal(runs[0], runs[1])
+
+
+def repetitive_batch(lengths: list[int], seed: int, vocab: int = 96):
+    """Left-padded prompts that repeat themselves, so prompt lookup finds copies."""
+    _, _, prompts = left_padded(lengths, seed, vocab=vocab)
+    prompts = [torch.cat([p, p, p[:, :2]], dim=1) for p in prompts]
+    width = max(p.shape[1] for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, width - p.shape[1] :], mask[b, width - p.shape[1] :] = p[0], 1
+    return ids, mask, prompts
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_draft_tokens": 3}])
+def test_batched_prompt_lookup_rows_equal_the_target_alone(target, kwargs):
+    """Rows with and without n-gram matches in one batch; each row exact."""
+    ids, mask, prompts = repetitive_batch([4, 9, 2], 1100)
+    spec = specdec.wrap(target, None, strategy="prompt-lookup", **kwargs)
+    expected = expected_rows(target, prompts, 2, max_new_tokens=20, do_sample=False)
+    out = spec.generate(ids, attention_mask=mask, max_new_tokens=20)
+    assert_rows_equal(out, ids.shape[1], expected, pad=2)
+    if kwargs:
+        assert spec.stats.drafted_tokens > 0
+
+
+def test_batched_prompt_lookup_sampling_follows_the_target_distribution():
+    target = tiny_llama(vocab=V, seed=0, init=0.1)
+    sample_kwargs = dict(do_sample=True, temperature=0.9, top_k=6, eos_token_id=None)
+    ids, mask, prompts = repetitive_batch([5, 3], 1200, vocab=V)
+    spec = specdec.wrap(target, None, strategy="prompt-lookup", num_draft_tokens=2)
+    g = torch.Generator().manual_seed(13)
+    counts = torch.zeros(2, V, V)
+    width = ids.shape[1]
+    drafted = 0
+    for _ in range(800):
+        out = spec.generate(ids, attention_mask=mask, max_new_tokens=3, generator=g, **sample_kwargs)
+        drafted += spec.stats.drafted_tokens
+        for b in range(2):
+            a, c = out[b, width : width + 2].tolist()
+            counts[b, a, c] += 1
+    assert drafted > 800  # copies were proposed on most calls
+    for b, p in enumerate(prompts):
+        assert chi_square_pvalue(counts[b], exact_joint(target, p, **sample_kwargs)) > 1e-3, f"row {b}"
