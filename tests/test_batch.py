@@ -191,6 +191,21 @@ def test_return_dict_and_unpadded_batch(target):
 
 
 # ---------------------------------------------------------------------- sampling
+def sample_first_pairs(spec, ids, mask, calls: int, seed: int, **kwargs) -> tuple[torch.Tensor, int]:
+    """([B, V, V] counts of each row's first two sampled tokens over `calls` batched calls, tokens
+    drafted in all)."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.zeros(ids.shape[0], V, V)
+    width, drafted = ids.shape[1], 0
+    for _ in range(calls):
+        out = spec.generate(ids, attention_mask=mask, max_new_tokens=3, generator=g, **kwargs)
+        drafted += spec.stats.drafted_tokens
+        for b in range(ids.shape[0]):
+            first, second = out[b, width : width + 2].tolist()
+            counts[b, first, second] += 1
+    return counts, drafted
+
+
 @pytest.mark.parametrize("strategy, kwargs", [("chain", {"num_draft_tokens": 2}), ("tree", {"tree": (2, 1)})])
 def test_sampled_rows_follow_the_target_distribution(monkeypatch, strategy, kwargs):
     """Chi-square per row; the tree is held at its full depth (batched trees otherwise choose their
@@ -207,16 +222,7 @@ def test_sampled_rows_follow_the_target_distribution(monkeypatch, strategy, kwar
     sample_kwargs = dict(do_sample=True, temperature=0.9, top_k=6, eos_token_id=None)
     ids, mask, prompts = left_padded([5, 3, 7], 700, vocab=V)
     spec = specdec.wrap(target, draft, strategy=strategy, **kwargs)
-    g = torch.Generator().manual_seed(11)
-    counts = torch.zeros(3, V, V)
-    width = ids.shape[1]
-    drafted = 0
-    for _ in range(700):
-        out = spec.generate(ids, attention_mask=mask, max_new_tokens=3, generator=g, **sample_kwargs)
-        drafted += spec.stats.drafted_tokens
-        for b in range(3):
-            a, c = out[b, width : width + 2].tolist()
-            counts[b, a, c] += 1
+    counts, drafted = sample_first_pairs(spec, ids, mask, 700, 11, **sample_kwargs)
     assert drafted > 700  # every call drafted
     for b, p in enumerate(prompts):
         joint = exact_joint(target, p, **sample_kwargs)
@@ -326,16 +332,7 @@ def test_batched_prompt_lookup_sampling_follows_the_target_distribution():
     sample_kwargs = dict(do_sample=True, temperature=0.9, top_k=6, eos_token_id=None)
     ids, mask, prompts = repetitive_batch([5, 3], 1200, vocab=V)
     spec = specdec.wrap(target, None, strategy="prompt-lookup", num_draft_tokens=2)
-    g = torch.Generator().manual_seed(13)
-    counts = torch.zeros(2, V, V)
-    width = ids.shape[1]
-    drafted = 0
-    for _ in range(800):
-        out = spec.generate(ids, attention_mask=mask, max_new_tokens=3, generator=g, **sample_kwargs)
-        drafted += spec.stats.drafted_tokens
-        for b in range(2):
-            a, c = out[b, width : width + 2].tolist()
-            counts[b, a, c] += 1
+    counts, drafted = sample_first_pairs(spec, ids, mask, 800, 13, **sample_kwargs)
     assert drafted > 800  # copies were proposed on most calls
     for b, p in enumerate(prompts):
         assert chi_square_pvalue(counts[b], exact_joint(target, p, **sample_kwargs)) > 1e-3, f"row {b}"
