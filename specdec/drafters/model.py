@@ -221,6 +221,13 @@ class ModelDrafter:
         """Run the draft on `to_feed` nodes (all of one depth) with ancestor-only attention."""
         start = self.runner.length
         fed_rows = dict(self._node_rows)
+        tokens = torch.tensor([nodes[n].token for n in to_feed], device=self.runner.device)
+        positions = torch.tensor([committed - 1 + nodes[n].depth for n in to_feed], device=self.runner.device)
+        if len(to_feed) == 1 and set(fed_rows) == set(self._ancestors(nodes, to_feed[0])):
+            # a line (every chain step): everything cached is visible, the runner's plain causal pass
+            # (no mask to build; a fixed-shape pass a CUDA graph can replay)
+            self._node_rows[to_feed[0]] = start
+            return self.runner.extend(tokens, num_logits=1, positions=positions)
         width = start + len(to_feed)
         mask = torch.zeros(len(to_feed), width, dtype=torch.bool)
         mask[:, :committed] = True
@@ -230,11 +237,18 @@ class ModelDrafter:
             while ancestor >= 0:
                 mask[i, fed_rows[ancestor]] = True
                 ancestor = nodes[ancestor].parent
-        tokens = torch.tensor([nodes[n].token for n in to_feed], device=self.runner.device)
-        positions = torch.tensor([committed - 1 + nodes[n].depth for n in to_feed], device=self.runner.device)
         for i, node in enumerate(to_feed):
             self._node_rows[node] = start + i
         return self.runner.extend(tokens, num_logits=len(to_feed), positions=positions, attention=mask)
+
+    @staticmethod
+    def _ancestors(nodes: list[_Node], node: int) -> list[int]:
+        ancestors = []
+        parent = nodes[node].parent
+        while parent >= 0:
+            ancestors.append(parent)
+            parent = nodes[parent].parent
+        return ancestors
 
     def _keep_best(self, nodes: list[_Node]) -> list[_Node]:
         """The `budget` nodes of highest cumulative log-probability (ancestor-closed: a child never
