@@ -130,8 +130,11 @@ class ModelDrafter:
         for depth in range(1, max_depth + 1):
             created: list[int] = []
             for parent, logits in expand:
+                finite = torch.isfinite(logits).all()  # [] on the device, read with the choice below
                 scores = pipeline.scores(contexts[parent], self._target_vocab(logits))  # [1, V]
-                for child in self._children(parent, nodes, scores, depth, pipeline.do_sample, generator):
+                for child in self._children(
+                    parent, nodes, scores, depth, pipeline.do_sample, generator, finite
+                ):
                     nodes.append(child)
                     index = len(nodes) - 1
                     created.append(index)
@@ -150,8 +153,6 @@ class ModelDrafter:
         return self._draft(nodes, pipeline.do_sample, sequence.device)
 
     def _target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        if not bool(torch.isfinite(logits).all()):
-            raise NonFiniteLogitsError("draft")
         return logits[:, : self.target_vocab_size].to(self.target_device)
 
     def _children(
@@ -162,8 +163,11 @@ class ModelDrafter:
         depth: int,
         do_sample: bool,
         generator: torch.Generator | None,
+        finite: torch.Tensor,
     ) -> list[_Node]:
-        """Tokens proposed below `parent` from its processed draft scores ([1, V])."""
+        """Tokens proposed below `parent` from its processed draft scores ([1, V]); `finite` ([] bool)
+        says whether the draft's logits were finite. The choice, the log-probabilities and that flag
+        reach the host together, in one sync per parent."""
         mode = self.shape.mode
         parent_lp = nodes[parent].log_prob if parent >= 0 else 0.0
         if mode == "chain":
@@ -175,16 +179,18 @@ class ModelDrafter:
         else:
             count, template_kids = self.shape.branch, None
         if count == 0:
+            if not bool(finite):
+                raise NonFiniteLogitsError("draft")
             return []
         log_q = torch.log_softmax(scores[0], dim=-1)  # [V]
-        allowed = int(torch.isfinite(log_q).sum())
-        count = min(count, allowed)
+        count = min(count, log_q.shape[0])
+        allowed = torch.isfinite(log_q).sum()  # []
         if do_sample and mode != "dynamic" and not self.shape.deterministic:
             q = probabilities(scores)[0]  # [V]
-            if mode == "chain":
-                tokens = sample(q, generator).view(1)
+            if mode == "chain":  # (non-finite logits are reported below; draw from something valid)
+                tokens = sample(torch.where(finite, q, torch.ones_like(q)), generator).view(1)
                 kind = NodeKind.SAMPLED
-            else:  # Gumbel-top-k: `count` draws without replacement from q
+            else:  # Gumbel-top-k: `count` draws without replacement from q (the first `allowed` kept)
                 u = torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-20)
                 tokens = torch.topk(log_q - torch.log(-torch.log(u)), count).indices
                 kind = NodeKind.SAMPLED_WITHOUT_REPLACEMENT
@@ -192,15 +198,20 @@ class ModelDrafter:
         else:
             tokens = torch.topk(log_q, count).indices
             kind, q_row = NodeKind.DETERMINISTIC, None
+        flags = torch.stack([finite.double(), allowed.double()])  # [2]
+        packed = torch.cat([flags, tokens.double(), log_q[tokens].double()]).tolist()  # one sync
+        if not packed[0]:
+            raise NonFiniteLogitsError("draft")
+        n, kept = tokens.numel(), min(count, int(packed[1]))
         children = []
-        for rank, token in enumerate(tokens.tolist()):
+        for rank in range(kept):
             children.append(
                 _Node(
                     parent=parent,
-                    token=token,
+                    token=int(packed[2 + rank]),
                     kind=kind,
                     q_row=q_row,
-                    log_prob=parent_lp + float(log_q[token]),
+                    log_prob=parent_lp + packed[2 + n + rank],
                     depth=depth,
                     template=template_kids[rank] if template_kids is not None else -1,
                 )
