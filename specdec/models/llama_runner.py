@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from specdec.cache import compact_rows
-from specdec.kernels import resolve_backend, tree_attention
+from specdec.kernels import dense_tree_mask, resolve_backend, tree_attention
 from specdec.models.module_calls import ModuleCalls
 from specdec.models.runner import (
     CausalRunner,
@@ -58,14 +57,16 @@ def supports_llama_runner(model: PreTrainedModel) -> bool:
 class _Block:
     """How one pass's new rows attend (see `LlamaRunner._block`)."""
 
-    starts: list[int]  # each row's cached length before the pass
+    starts: list[int]  # each row's cached length before the pass (empty: only on the device)
     n: int  # new rows per batch row
-    width: int  # max(starts) + n: the cache columns any row can see
+    width: int  # max(starts) + n: the cache columns any row can see (SDPA path)
     slots: torch.Tensor | None  # [B, n] cache positions when rows start at different positions
     dense: torch.Tensor | None = None  # [B, 1, n, width] bool for SDPA; None: no mask needed
-    kernel: str | None = None  # tree_attention backend, None: the runner's SDPA
+    kernel: bool = False  # attend through tree_attention (else the runner's SDPA)
+    backend: str | None = None  # tree_attention backend (None: its automatic choice)
     tree_mask: torch.Tensor | None = None  # [n, n] or [B, n, n] among the new rows; None: causal
     prefix_lens: torch.Tensor | None = None  # [B] starts, for the kernel
+    max_prefix_len: int | None = None  # host bound on prefix_lens, when known
 
 
 class LlamaRunner:
@@ -110,6 +111,7 @@ class LlamaRunner:
         self.static = static or cuda_graphs
         self.cuda_graphs = cuda_graphs
         self._passes: dict[tuple[int, int], StaticPass] = {}  # (B, bucket) -> its pass
+        self._probe: torch.Tensor | None = None  # [0, 0, 0, D] for choosing the attention backend
         self._keys: list[torch.Tensor] = []  # per layer [B, H_kv, capacity, D]
         self._values: list[torch.Tensor] = []
         self.batch_size = 1
@@ -217,10 +219,7 @@ class LlamaRunner:
             self._allocate(hidden.dtype)
         block = self._block(starts, slots, n, width, attention, hidden.dtype)
         cos, sin = self._calls.cos_sin(hidden, positions.to(device))  # [B, n, D] each
-        for index, layer in enumerate(self._layers):
-            normed = layer.input_layernorm(hidden)
-            hidden = hidden + self._attention(index, layer, normed, cos, sin, block)
-            hidden = hidden + self._calls.mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+        hidden = self._decoder_layers(hidden, cos, sin, block)
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         if isinstance(logit_rows, int):
             picked = hidden[:, n - logit_rows :]  # [B, r, H]
@@ -264,27 +263,21 @@ class LlamaRunner:
     ) -> torch.Tensor:
         """The pass a StaticPass runs or captures: no host values read. tokens, positions [B, n];
         starts [B] cached lengths; block [B, n, n] -> logits [B, n, V]."""
-        batch, n = tokens.shape
+        n = tokens.shape[1]
         hidden = self._inner.embed_tokens(tokens)  # [B, n, H]
         cos, sin = self._calls.cos_sin(hidden, positions)  # [B, n, D]
         slots = starts[:, None] + torch.arange(n, device=tokens.device)  # [B, n] cache positions
-        rows = torch.arange(batch, device=tokens.device)[:, None]  # [B, 1]
-        linear = self._calls.linear
-        for index, layer in enumerate(self._layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = linear(attn.q_proj, x).view(batch, n, self._heads, self._head_dim).transpose(1, 2)
-            k = linear(attn.k_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
-            v = linear(attn.v_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)  # [B, H, n, D]
-            keys, values = self._keys[index][:batch], self._values[index][:batch]
-            keys[rows, :, slots] = k.transpose(1, 2)  # [B, n, Hkv, D]
-            values[rows, :, slots] = v.transpose(1, 2)
-            out = tree_attention(q, keys, values, starts, block, scale=attn.scaling)  # [B, Hq, n, D]
-            out = linear(attn.o_proj, out.transpose(1, 2).reshape(batch, n, self._heads * self._head_dim))
-            hidden = hidden + out
-            hidden = hidden + self._calls.mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+        attend = _Block([], n, 0, slots, kernel=True, tree_mask=block, prefix_lens=starts)
+        hidden = self._decoder_layers(hidden, cos, sin, attend)
         return self.model.lm_head(self._inner.norm(hidden))  # [B, n, V]
+
+    def _decoder_layers(self, hidden: torch.Tensor, cos, sin, block: _Block) -> torch.Tensor:
+        """Every decoder layer over hidden [B, n, H] (cos, sin [B, n, D]); writes the cache."""
+        for index, layer in enumerate(self._layers):
+            normed = layer.input_layernorm(hidden)
+            hidden = hidden + self._attention(index, layer, normed, cos, sin, block)
+            hidden = hidden + self._calls.mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+        return hidden
 
     def _allocate(self, dtype: torch.dtype) -> None:
         shape = (self.batch_size, self._kv_heads, self._capacity, self._head_dim)
@@ -317,13 +310,24 @@ class LlamaRunner:
             tree_mask = None if attention is None else attention.to(self.device)
             if tree_mask is not None and tree_mask.shape[0] == 1:
                 tree_mask = tree_mask[0]  # [n, n] shared by the rows
-            probe = torch.empty(0, 0, 0, self._head_dim, dtype=dtype, device=self.device)
-            kernel = resolve_backend(probe, tree_mask)
+            if self._probe is None or self._probe.dtype != dtype:
+                self._probe = torch.empty(0, 0, 0, self._head_dim, dtype=dtype, device=self.device)
+            kernel = resolve_backend(self._probe, tree_mask)
         if kernel is None or kernel == "sdpa":
             dense = self._mask(starts, n, width, attention)  # [B, 1, n, width] bool or None
             return _Block(starts, n, width, slots, dense=dense)
         prefix_lens = torch.tensor(starts, device=self.device)  # [B]
-        return _Block(starts, n, width, slots, kernel=kernel, tree_mask=tree_mask, prefix_lens=prefix_lens)
+        return _Block(
+            starts,
+            n,
+            width,
+            slots,
+            kernel=True,
+            backend=kernel,
+            tree_mask=tree_mask,
+            prefix_lens=prefix_lens,
+            max_prefix_len=max(starts),
+        )
 
     def _mask(
         self, starts: list[int], n: int, width: int, attention: torch.Tensor | None
@@ -341,12 +345,8 @@ class LlamaRunner:
             full = torch.zeros(attention.shape[0], n, width, dtype=torch.bool, device=device)
             full[..., : attention.shape[-1]] = attention
             return full.expand(self.batch_size, n, width)[:, None]
-        relative = torch.arange(width, device=device)[None] - torch.tensor(starts, device=device)[:, None]
-        in_block = (relative >= 0) & (relative < n)
-        block = attention.expand(self.batch_size, n, n)  # [B, n, n]
-        index = relative.clamp(0, n - 1)[:, None, :].expand(-1, n, -1)  # [B, n, width]
-        mask = (relative < 0)[:, None, :] | (in_block[:, None, :] & block.gather(2, index))
-        return mask[:, None]  # [B, 1, n, width]
+        prefix_lens = torch.tensor(starts, device=device)  # [B]
+        return dense_tree_mask(prefix_lens, attention, n, width)[:, None]  # [B, 1, n, width]
 
     def _attention(self, index, layer, x, cos, sin, block: _Block) -> torch.Tensor:
         attn = layer.self_attn
@@ -370,7 +370,7 @@ class LlamaRunner:
             cache_slots = block.slots.to(keys.device)
             keys[rows, :, cache_slots] = k.transpose(1, 2).to(keys.device)  # [B, n, Hkv, D]
             values[rows, :, cache_slots] = v.transpose(1, 2).to(values.device)
-        if block.kernel is not None:
+        if block.kernel:
             out = tree_attention(
                 q,
                 keys.to(q.device),
@@ -378,8 +378,8 @@ class LlamaRunner:
                 block.prefix_lens,
                 block.tree_mask,
                 scale=attn.scaling,
-                backend=block.kernel,
-                max_prefix_len=max(block.starts),
+                backend=block.backend,
+                max_prefix_len=block.max_prefix_len,
             )  # [B, Hq, n, D]
         else:
             out = F.scaled_dot_product_attention(
@@ -405,11 +405,7 @@ class LlamaRunner:
         moves = [(b, s, kept) for b, (s, kept) in enumerate(zip(starts, rows, strict=True)) if kept]
         moves = [(b, s, kept) for b, s, kept in moves if list(kept) != list(range(s, s + len(kept)))]
         if moves and self._keys:
-            if self.batch_size == 1:
-                tensors = [t[:1] for t in (*self._keys, *self._values)]
-                compact_rows(tensors, starts[0], rows[0], self.lengths[0])
-            else:
-                self._move_rows(moves)
+            self._move_rows(moves)
         self.lengths = [s + len(kept) for s, kept in zip(starts, rows, strict=True)]
 
     def _move_rows(self, moves: list[tuple[int, int, list[int]]]) -> None:
