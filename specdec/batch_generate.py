@@ -8,7 +8,6 @@ after a row stops.
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
@@ -18,7 +17,7 @@ from specdec.adaptive import DraftLengthController
 from specdec.batch import BatchRow, BatchSpeculativeEngine
 from specdec.calibration import measure_batch_costs
 from specdec.config import SpecConfig
-from specdec.costs import CostProfile
+from specdec.costs import CostProfile, planning_costs
 from specdec.models.llama_runner import LlamaRunner
 from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
@@ -159,12 +158,10 @@ def batch_controller(
     of the arm not chosen (k = 0 while drafting, k = 1 while not). k = 0, plain batched decoding, wins
     when verifying k + 1 tokens per row costs more than the accepted tokens save. Static trees choose
     the depth they are cut at the same way (0 .. their depth; verifying the nodes up to that depth).
-    Greedy generations refine a copy of the profile; sampling plans with the profile as measured, so
-    a seeded batched run repeats exactly on the same SpeculativeModel.
+    Greedy generations refine a copy of the profile; sampling plans with it as measured
+    (`costs.planning_costs`), so a seeded batched run repeats exactly on the same SpeculativeModel.
     """
-    refine = not do_sample
-    if profile is not None and refine:
-        profile = copy.deepcopy(profile)
+    profile, refine = planning_costs(profile, do_sample)
     if config.strategy == "none":
         return Tree.chain(0), DraftLengthController(1, fixed_k=0)
     if config.strategy == "prompt-lookup" and config.num_draft_tokens is not None:

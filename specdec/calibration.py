@@ -24,6 +24,30 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+#: Verification sizes a profile measures (piecewise-linear in between).
+VERIFY_SIZES = (1, 2, 3, 5, 9, 17, 33, 65, 129)
+
+
+def _median_seconds(
+    run, device: torch.device, repeats: int, pause: float = 0.0, before=None, after=None
+) -> float:
+    """Median wall time of `run()` over `repeats` timed calls after one warm-up call; `before()` and
+    `after()` (untimed) set up and undo each call, and a `pause` precedes each timed call."""
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up
+        if before is not None:
+            before()
+        _synchronize(device)
+        time.sleep(pause)
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+        if after is not None:
+            after()
+    return _median(times[1:])
+
+
 def measure_costs(
     target: Runner,
     drafter: Drafter,
@@ -45,7 +69,7 @@ def measure_costs(
     prompt_tokens = max(1, min(prompt_tokens, context // 2, context - max_verify_tokens - 1))
     vocab = target.vocab_size
     prompt = (torch.arange(prompt_tokens) * 5 % max(vocab - 3, 1) + 3).to(target.device)  # [P]
-    sizes = [n for n in (1, 2, 3, 5, 9, 17, 33, 65, 129) if n <= max(max_verify_tokens, 1)]
+    sizes = [n for n in VERIFY_SIZES if n <= max(max_verify_tokens, 1)]
     profile = CostProfile()
     target.reset()
     target.extend(prompt, num_logits=1)
@@ -53,16 +77,15 @@ def measure_costs(
         tokens = (torch.arange(n) * 7 % max(vocab - 3, 1) + 3).to(target.device)  # [n]
         positions = torch.arange(prompt_tokens, prompt_tokens + n)
         mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
-        times = []
-        for _ in range(repeats + 1):  # the first run warms up
-            _synchronize(target.device)
-            time.sleep(pause)
-            start = time.perf_counter()
-            target.extend(tokens, num_logits=n, positions=positions, attention=mask)
-            _synchronize(target.device)
-            times.append(time.perf_counter() - start)
-            target.truncate(prompt_tokens)
-        profile.verify_seconds[n] = _median(times[1:])
+        profile.verify_seconds[n] = _median_seconds(
+            lambda tokens=tokens, positions=positions, mask=mask, n=n: target.extend(
+                tokens, num_logits=n, positions=positions, attention=mask
+            ),
+            target.device,
+            repeats,
+            pause,
+            after=lambda: target.truncate(prompt_tokens),
+        )
     target.reset()
 
     model = getattr(drafter, "model", drafter)  # a hybrid drafter's draft model
@@ -73,15 +96,13 @@ def measure_costs(
         wide = Tree.from_branching((4, 2, 2))  # 4 + 8 + 16 nodes; two wide levels fed
 
         def proposal_seconds(tree: Tree) -> float:
-            times = []
-            for _ in range(repeats + 1):
-                model.observe(prompt_tokens - 1, ())  # the draft has seen all but the last token
-                time.sleep(pause)
-                start = time.perf_counter()
-                model.propose(sequence, tree.depth, pipeline, None, tree=tree)
-                _synchronize(target.device)
-                times.append(time.perf_counter() - start)
-            return _median(times[1:])
+            return _median_seconds(
+                lambda: model.propose(sequence, tree.depth, pipeline, None, tree=tree),
+                target.device,
+                repeats,
+                pause,
+                before=lambda: model.observe(prompt_tokens - 1, ()),  # the draft has seen all but one
+            )
 
         chain1, chain4 = proposal_seconds(Tree.chain(1)), proposal_seconds(Tree.chain(4))
         step, level, node = split_draft_costs(chain1, chain4, proposal_seconds(wide), wide.depth, len(wide))
@@ -115,18 +136,15 @@ def measure_batch_costs(
         tokens = (torch.arange(n) * 7 % max(vocab - 3, 1) + 3).expand(batch_size, -1)  # [B, n]
         rows = torch.arange(n)[None].expand(batch_size, -1)  # [B, n]
         mask = torch.tril(torch.ones(1, n, n, dtype=torch.bool))
-        times = []
-        for _ in range(repeats + 1):  # the first run warms up
-            _synchronize(runner.device)
-            start = time.perf_counter()
-            runner.extend_rows(tokens.to(runner.device), [n] * batch_size, None, mask, rows)
-            _synchronize(runner.device)
-            times.append(time.perf_counter() - start)
-            runner.compact_rows([prompt_tokens] * batch_size, [[]] * batch_size)
-        return _median(times[1:])
+        return _median_seconds(
+            lambda: runner.extend_rows(tokens.to(runner.device), [n] * batch_size, None, mask, rows),
+            runner.device,
+            repeats,
+            after=lambda: runner.compact_rows([prompt_tokens] * batch_size, [[]] * batch_size),
+        )
 
     profile = CostProfile()
-    sizes = [n for n in (1, 2, 3, 5, 9, 17, 33, 65, 129) if n <= max(max_verify_tokens, 1)]
+    sizes = [n for n in VERIFY_SIZES if n <= max(max_verify_tokens, 1)]
     for runner in (target, draft):
         if runner is None:
             continue

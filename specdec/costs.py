@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 #: Weight of a new measurement in the running (decayed) means of `CostProfile.observe`.
@@ -87,3 +88,13 @@ def split_draft_costs(chain1: float, chain4: float, tree: float, tree_depth: int
     node = (tree - step - tree_depth * per_chain_level) / max(tree_nodes - tree_depth, 1)
     node = min(max(node, 0.0), per_chain_level)
     return step, per_chain_level - node, node
+
+
+def planning_costs(profile: CostProfile | None, do_sample: bool) -> tuple[CostProfile | None, bool]:
+    """(the profile a generation plans with, whether it refines it with its own step times).
+
+    Greedy output does not depend on the plan, so a greedy generation refines a private copy; sampling
+    plans with the profile as measured, so a seeded run repeats exactly on the same model."""
+    if do_sample or profile is None:
+        return profile, False
+    return copy.deepcopy(profile), True

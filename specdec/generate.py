@@ -7,7 +7,6 @@ decoder-only models and returns what it returns (prompt + new tokens, or a
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 import warnings
@@ -30,7 +29,7 @@ from specdec.batch_generate import (
 )
 from specdec.calibration import measure_costs
 from specdec.config import SpecConfig
-from specdec.costs import CostProfile
+from specdec.costs import CostProfile, planning_costs
 from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
 from specdec.engine import SpeculativeEngine
@@ -171,17 +170,15 @@ class SpeculativeModel:
     def _controller(self, do_sample: bool) -> DraftLengthController | AutoShapeController:
         """Chains adapt k (unless fixed); trees draft to their own depth; auto plans every step.
 
-        Greedy generations refine a copy of the measured cost profile with their own step times (the
-        output does not depend on the plan); sampling plans with the profile as measured, so a seeded
-        run repeats exactly."""
+        The measured cost profile is refined or kept as `costs.planning_costs` says."""
         config = self.config
         if config.strategy == "auto":
-            costs = self._costs(65)
+            costs, refine = planning_costs(self._costs(65), do_sample)
             return AutoShapeController(
                 max_depth=config.max_draft_tokens,
-                costs=costs if do_sample else copy.deepcopy(costs),
+                costs=costs,
                 free_depth=config.max_draft_tokens,
-                refine_costs=not do_sample,
+                refine_costs=refine,
             )
         if config.strategy in ("tree", "dynamic-tree", "hybrid"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
@@ -189,10 +186,8 @@ class SpeculativeModel:
             return DraftLengthController(1, fixed_k=0)
         if config.num_draft_tokens is not None:
             return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
-        costs = self._costs(config.max_draft_tokens + 1)
-        if do_sample:
-            return DraftLengthController(config.max_draft_tokens, costs=costs)
-        return DraftLengthController(config.max_draft_tokens, costs=copy.deepcopy(costs), refine_costs=True)
+        costs, refine = planning_costs(self._costs(config.max_draft_tokens + 1), do_sample)
+        return DraftLengthController(config.max_draft_tokens, costs=costs, refine_costs=refine)
 
     def _costs(self, max_verify_tokens: int) -> CostProfile:
         if self.cost_profile is None:
