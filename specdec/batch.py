@@ -26,7 +26,7 @@ from specdec.drafters.prompt_lookup import find_continuation
 from specdec.engine import accept_draft
 from specdec.errors import NonFiniteLogitsError
 from specdec.models.llama_runner import LlamaRunner
-from specdec.sampling import LogitsPipeline, probabilities, sample
+from specdec.sampling import LogitsPipeline, probabilities, sample, sample_without_replacement
 from specdec.stats import GenerationStats
 from specdec.tree import Tree
 
@@ -248,9 +248,8 @@ class BatchSpeculativeEngine:
             probs = probabilities(scores)  # [B, V]
             if sample_one:
                 chosen = sample(probs, self.generator)[:, None]  # [B, 1]
-            else:  # Gumbel-top-k: `count` draws without replacement from q
-                u = torch.rand(probs.shape, generator=self.generator, device=probs.device).clamp_min(1e-20)
-                chosen = torch.topk(log_q - torch.log(-torch.log(u)), count, dim=-1).indices  # [B, count]
+            else:  # `count` draws without replacement from q
+                chosen = sample_without_replacement(log_q, count, self.generator)  # [B, count]
             q[:, children] = probs[:, None, :]
         else:
             chosen = torch.topk(log_q, count, dim=-1).indices  # [B, count]

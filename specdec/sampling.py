@@ -111,6 +111,15 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
+def sample_without_replacement(
+    log_q: torch.Tensor, count: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """`count` draws without replacement from softmax(log_q) per row (Gumbel-top-k), most likely
+    first. log_q: [..., V] log-probabilities -> [..., count] long."""
+    u = torch.rand(log_q.shape, generator=generator, device=log_q.device).clamp_min(1e-20)
+    return torch.topk(log_q - torch.log(-torch.log(u)), count, dim=-1).indices
+
+
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """norm(max(p - q, 0)) over the last dim.
 

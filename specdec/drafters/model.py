@@ -15,7 +15,7 @@ from specdec.acceptance import NodeKind
 from specdec.drafters.base import Draft
 from specdec.errors import NonFiniteLogitsError
 from specdec.models.llama_runner import make_runner
-from specdec.sampling import LogitsPipeline, probabilities, sample
+from specdec.sampling import LogitsPipeline, probabilities, sample, sample_without_replacement
 from specdec.tree import Tree
 
 
@@ -190,9 +190,8 @@ class ModelDrafter:
             if mode == "chain":  # (non-finite logits are reported below; draw from something valid)
                 tokens = sample(torch.where(finite, q, torch.ones_like(q)), generator).view(1)
                 kind = NodeKind.SAMPLED
-            else:  # Gumbel-top-k: `count` draws without replacement from q (the first `allowed` kept)
-                u = torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-20)
-                tokens = torch.topk(log_q - torch.log(-torch.log(u)), count).indices
+            else:  # `count` draws without replacement from q (the first `allowed` kept)
+                tokens = sample_without_replacement(log_q, count, generator)  # [count]
                 kind = NodeKind.SAMPLED_WITHOUT_REPLACEMENT
             q_row = q
         else:
