@@ -243,16 +243,13 @@ class ModelDrafter:
         mask[:, :committed] = True
         for i, node in enumerate(to_feed):
             mask[i, start + i] = True
-            ancestor = nodes[node].parent
-            while ancestor >= 0:
-                mask[i, fed_rows[ancestor]] = True
-                ancestor = nodes[ancestor].parent
-        for i, node in enumerate(to_feed):
+            mask[i, [fed_rows[a] for a in self._ancestors(nodes, node)]] = True
             self._node_rows[node] = start + i
         return self.runner.extend(tokens, num_logits=len(to_feed), positions=positions, attention=mask)
 
     @staticmethod
     def _ancestors(nodes: list[_Node], node: int) -> list[int]:
+        """The node's ancestors, nearest first (the root excluded)."""
         ancestors = []
         parent = nodes[node].parent
         while parent >= 0:
