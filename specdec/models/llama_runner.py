@@ -83,10 +83,12 @@ class LlamaRunner:
         max_length: int | None = None,
         static: bool = False,
         cuda_graphs: bool = False,
+        compiled: bool = False,
     ) -> None:
         """static: run blocks of up to 128 tokens (with the kernel's form of mask) as fixed-shape
         passes padded to `static_pass.BUCKETS`; cuda_graphs: also capture each shape once as a CUDA
-        graph and replay it (needs the whole model on one CUDA device, no accelerate hooks)."""
+        graph and replay it (needs the whole model on one CUDA device, no accelerate hooks);
+        compiled: run every other pass through `torch.compile` (see `_compiled_pass_body`)."""
         if not supports_llama_runner(model):
             raise ValueError(f"{type(model).__name__} is not a Llama-layout model this runner supports")
         self.model = model
@@ -99,6 +101,7 @@ class LlamaRunner:
         self._heads = config.num_attention_heads
         self._kv_heads = getattr(config, "num_key_value_heads", None) or self._heads
         self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // self._heads
+        self._gqa = bool(self._kv_heads != self._heads)
         # Positions never pass the context, but a verified tree briefly holds up to MAX_TREE_NODES rows
         # (+ the pending tokens) beyond the committed ones, so the cache has room for them.
         self._capacity = (max_length or self.context_length or 4096) + MAX_TREE_NODES + 8
@@ -110,6 +113,18 @@ class LlamaRunner:
             )
         self.static = static or cuda_graphs
         self.cuda_graphs = cuda_graphs
+        self.compiled = compiled
+        self._compiled_pass = None
+        if compiled:
+            allow_compiled_passes()
+            self._compiled_pass = torch.compile(
+                self._compiled_pass_body,
+                dynamic=True,
+                fullgraph=True,
+                # the modules' weights are read in place every call; checking each one's identity,
+                # size and stride before every pass costs as much as a small model's matmuls
+                options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe},
+            )
         self._passes: dict[tuple[int, int], StaticPass] = {}  # (B, bucket) -> its pass
         self._probe: torch.Tensor | None = None  # [0, 0, 0, D] for choosing the attention backend
         self._keys: list[torch.Tensor] = []  # per layer [B, H_kv, capacity, D]
@@ -214,6 +229,8 @@ class LlamaRunner:
         else:
             slots = torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)  # [B, n]
             positions = slots if positions is None else positions
+        if self._compiled_pass is not None:
+            return self._run_compiled(tokens, counts, starts, slots, positions, attention, width, logit_rows)
         hidden = self._inner.embed_tokens(tokens.to(device))  # [B, n, H]
         if not self._keys:
             self._allocate(hidden.dtype)
@@ -221,10 +238,14 @@ class LlamaRunner:
         cos, sin = self._calls.cos_sin(hidden, positions.to(device))  # [B, n, D] each
         hidden = self._decoder_layers(hidden, cos, sin, block)
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
+        return self._logits(hidden, logit_rows)
+
+    def _logits(self, hidden: torch.Tensor, logit_rows: torch.Tensor | int) -> torch.Tensor:
+        """hidden [B, n, H] -> logits [B, r, V] of the last r rows (int) or of rows [B, r] (tensor)."""
         if isinstance(logit_rows, int):
-            picked = hidden[:, n - logit_rows :]  # [B, r, H]
+            picked = hidden[:, hidden.shape[1] - logit_rows :]  # [B, r, H]
         else:
-            rows = logit_rows.to(device)[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, r, H]
+            rows = logit_rows.to(hidden.device)[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, r, H]
             picked = hidden.gather(1, rows)
         return self.model.lm_head(self._inner.norm(picked))  # [B, r, V]
 
@@ -270,6 +291,46 @@ class LlamaRunner:
         attend = _Block([], n, 0, slots, kernel=True, tree_mask=block, prefix_lens=starts)
         hidden = self._decoder_layers(hidden, cos, sin, attend)
         return self.model.lm_head(self._inner.norm(hidden))  # [B, n, V]
+
+    def _run_compiled(
+        self, tokens, counts, starts, slots, positions, attention, width, logit_rows
+    ) -> torch.Tensor:
+        """An ordinary pass through the compiled graph: host values (where rows start, the attended
+        width, how many logit rows) enter as tensors or symbolic sizes, so a few graphs (one new token
+        or more; with or without a mask; last rows or chosen rows) serve every step."""
+        device = self.device
+        batch, n = tokens.shape
+        if not self._keys:
+            self._allocate(self.model.get_input_embeddings().weight.dtype)
+        if self._calls.uses_table:
+            self._calls.prepare_table(self._keys[0])  # outside the graph: the graph only reads it
+        if slots is None:
+            slots = torch.arange(starts[0], starts[0] + n, device=device).expand(batch, n)  # [B, n]
+        mask = self._mask(starts, n, width, attention)  # [B, 1, n, width] bool or None
+        if not isinstance(logit_rows, int):
+            logit_rows = logit_rows.to(device)
+        logits = self._compiled_pass(
+            tokens.to(device), positions.to(device), slots, mask, width, logit_rows
+        )  # [B, r, V]
+        self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
+        return logits
+
+    def _compiled_pass_body(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor | None,
+        width: int,
+        logit_rows: torch.Tensor | int,
+    ) -> torch.Tensor:
+        """What `torch.compile` traces: tokens, positions, slots (cache positions) [B, n]; mask
+        [B, 1, n, width] bool or None (every cached column visible); width = columns attended;
+        logit_rows as in `extend_rows`. Writes the cache; returns logits [B, r, V]."""
+        hidden = self._inner.embed_tokens(tokens)  # [B, n, H]
+        cos, sin = self._calls.cos_sin(hidden, positions)  # [B, n, D]
+        block = _Block([], tokens.shape[1], width, slots, dense=mask)
+        return self._logits(self._decoder_layers(hidden, cos, sin, block), logit_rows)
 
     def _decoder_layers(self, hidden: torch.Tensor, cos, sin, block: _Block) -> torch.Tensor:
         """Every decoder layer over hidden [B, n, H] (cos, sin [B, n, D]); writes the cache."""
@@ -388,7 +449,7 @@ class LlamaRunner:
                 values[:, :, : block.width].to(q.device),
                 attn_mask=None if block.dense is None else block.dense.to(q.device),
                 scale=attn.scaling,
-                enable_gqa=self._kv_heads != self._heads,
+                enable_gqa=self._gqa,
             )  # [B, Hq, n, D]
         return linear(attn.o_proj, out.transpose(1, 2).reshape(batch, n, self._heads * self._head_dim))
 
@@ -441,24 +502,35 @@ class LlamaRunner:
         self.batch_size = len(indices)
 
 
-RUNTIMES = ("auto", "specdec", "transformers")
+RUNTIMES = ("auto", "specdec", "compiled", "transformers")
+
+#: Compiled graphs one runner may need (batch of 1 or more, 1 or more new tokens, mask or not). Every
+#: runner's graphs count against one limit (torch counts per traced function), so it is raised.
+_GRAPHS_PER_RUNNER = 8
+
+
+def allow_compiled_passes(runners: int = 16) -> None:
+    """Raise torch's per-function recompile limit to hold `runners` runners' graphs (never lowers it)."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, runners * _GRAPHS_PER_RUNNER)
 
 
 def make_runner(
     model: PreTrainedModel, runtime: str = "auto", cuda_graphs: bool = False
 ) -> CausalRunner | LlamaRunner:
-    """The runner for a model: specdec's own for Llama-layout models ("auto" or "specdec"),
-    transformers' forward with a DynamicCache otherwise or when runtime="transformers".
-    cuda_graphs: fixed-shape passes captured as CUDA graphs (specdec's runner only)."""
+    """The runner for a model: specdec's own for Llama-layout models ("auto" or "specdec"; "compiled"
+    also runs its passes through torch.compile), transformers' forward with a DynamicCache otherwise
+    or when runtime="transformers". cuda_graphs: fixed-shape passes captured as CUDA graphs (specdec's
+    runner only)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is not supported; choose one of {', '.join(RUNTIMES)}.")
-    if runtime == "specdec" and not supports_llama_runner(model):
+    if runtime in ("specdec", "compiled") and not supports_llama_runner(model):
         raise ValueError(
-            f'runtime="specdec" needs a Llama-layout model ({", ".join(SUPPORTED_MODEL_TYPES)}, no sliding '
-            f'window); {type(model).__name__} is not one: use runtime="auto" or "transformers".'
+            f'runtime="{runtime}" needs a Llama-layout model ({", ".join(SUPPORTED_MODEL_TYPES)}, no '
+            f'sliding window); {type(model).__name__} is not one: use runtime="auto" or "transformers".'
         )
     if runtime != "transformers" and supports_llama_runner(model):
-        return LlamaRunner(model, cuda_graphs=cuda_graphs)
+        return LlamaRunner(model, cuda_graphs=cuda_graphs, compiled=runtime == "compiled")
     if cuda_graphs:
         raise ValueError(
             f"cuda_graphs=True needs specdec's runtime (a Llama-layout model, runtime auto or specdec); "

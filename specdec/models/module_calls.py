@@ -49,12 +49,19 @@ class ModuleCalls:
     def cos_sin(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary cos, sin [B, n, D] at positions [B, n] (hidden [B, n, H] gives dtype and device).
         Positions stay below the runner's capacity (the cache bound is checked before)."""
-        static = getattr(self.rotary, "rope_type", None) in STATIC_ROPE_TYPES
-        if not self.direct or not static:
+        if not self.uses_table:
             return self.rotary(hidden, positions)
+        self.prepare_table(hidden)
+        cos, sin = self._table
+        return cos[positions], sin[positions]
+
+    @property
+    def uses_table(self) -> bool:
+        return self.direct and getattr(self.rotary, "rope_type", None) in STATIC_ROPE_TYPES
+
+    def prepare_table(self, hidden: torch.Tensor) -> None:
+        """Compute the cos/sin table for hidden's dtype and device if it is not there yet."""
         if self._table is None or self._table[0].dtype != hidden.dtype:
             every = torch.arange(self.capacity, device=hidden.device)[None]  # [1, capacity]
             cos, sin = self.rotary(hidden, every)  # [1, capacity, D]
             self._table = (cos[0], sin[0])
-        cos, sin = self._table
-        return cos[positions], sin[positions]
