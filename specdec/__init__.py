@@ -64,7 +64,9 @@ def wrap(
     `tree_budget=` nodes per step) or "prompt-lookup" (n-gram matches, draft=None).
     num_draft_tokens: fixed chain length k, or None to adapt k every step (up to max_draft_tokens).
     runtime: "auto" (specdec's own lean forward and preallocated KV cache for Llama-layout models,
-    transformers' forward otherwise), "specdec" (require the lean forward) or "transformers".
+    transformers' forward otherwise), "specdec" (require the lean forward), "compiled" (the lean
+    forward through torch.compile: faster steps after slow first calls, which compile a few graphs
+    per model) or "transformers".
     cuda_graphs: run the runtime's draft and verify passes as CUDA graphs captured once per shape
     (blocks padded to 1, 2, 4, ..., 128 tokens); needs each model whole on one CUDA device.
     trust_remote_code / allow_pickle: off unless passed (remote code; pickle checkpoints).

@@ -49,8 +49,10 @@ def distinct_ngram_ratio(tokens: Sequence[int], n: int = 4) -> float:
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
-def baseline_methods(target, draft, names: Sequence[str], gen_kwargs: dict) -> dict[str, Method]:
-    """transformers' own decoding methods (and specdec's runner with speculation off)."""
+def baseline_methods(
+    target, draft, names: Sequence[str], gen_kwargs: dict, runtime: str = "auto"
+) -> dict[str, Method]:
+    """transformers' own decoding methods (and specdec's runner with speculation off, on `runtime`)."""
     methods: dict[str, Method] = {}
     for name in names:
         if name == "target":
@@ -76,7 +78,7 @@ def baseline_methods(target, draft, names: Sequence[str], gen_kwargs: dict) -> d
                 None,
             )
         elif name == "specdec-no-speculation":
-            spec = specdec.wrap(target, None, strategy="none")
+            spec = specdec.wrap(target, None, strategy="none", runtime=runtime)
 
             def plain(ids, spec=spec):
                 return spec.generate(ids, **gen_kwargs), spec.stats
@@ -89,11 +91,14 @@ def baseline_methods(target, draft, names: Sequence[str], gen_kwargs: dict) -> d
     return methods
 
 
-def strategy_methods(target, draft, strategies: Sequence[str], gen_kwargs: dict) -> dict[str, Method]:
+def strategy_methods(
+    target, draft, strategies: Sequence[str], gen_kwargs: dict, runtime: str = "auto"
+) -> dict[str, Method]:
     """specdec strategies, one SpeculativeModel each (caches and cost profiles reused across calls)."""
     methods: dict[str, Method] = {}
     for strategy in strategies:
-        spec = specdec.wrap(target, draft if strategy_needs_draft(strategy) else None, strategy=strategy)
+        uses_draft = strategy_needs_draft(strategy)
+        spec = specdec.wrap(target, draft if uses_draft else None, strategy=strategy, runtime=runtime)
 
         def run(ids, spec=spec):
             return spec.generate(ids, **gen_kwargs), spec.stats

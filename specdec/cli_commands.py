@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from specdec.config import STRATEGIES, strategy_needs_draft
+from specdec.models.llama_runner import RUNTIMES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-map", default=None, help="accelerate device map for the target, e.g. auto")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), > 0 samples")
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=RUNTIMES,
+        help="forward passes: specdec's runner (auto), also torch.compile'd (compiled: slow first "
+        "calls), or transformers' own",
+    )
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +119,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if strategy_needs_draft(args.strategy) and draft is None:
         raise SystemExit(f"specdec generate: strategy {args.strategy} needs --draft")
     spec = specdec.wrap(
-        target, draft if strategy_needs_draft(args.strategy) else None, strategy=args.strategy
+        target,
+        draft if strategy_needs_draft(args.strategy) else None,
+        strategy=args.strategy,
+        runtime=args.runtime,
     )
     if args.chat:
         if not getattr(tokenizer, "chat_template", None):
@@ -226,8 +237,9 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SystemExit("specdec bench: --chat needs a tokenizer with a chat template")
     prompts = [_encode(tokenizer, r, args.chat).to(target.device) for r in records]
     gen_kwargs = {"max_new_tokens": args.max_new_tokens, **sampling_kwargs(args)}
-    methods = baseline_methods(target, draft, [b for b in args.baselines.split(",") if b], gen_kwargs)
-    methods |= strategy_methods(target, draft, strategies, gen_kwargs)
+    baselines = [b for b in args.baselines.split(",") if b]
+    methods = baseline_methods(target, draft, baselines, gen_kwargs, args.runtime)
+    methods |= strategy_methods(target, draft, strategies, gen_kwargs, args.runtime)
     greedy = args.temperature == 0
     bar = ProgressBar()
     try:
