@@ -2,6 +2,7 @@
 
 Target decode of 1 token, target verification of T tree nodes, one draft step, and the engine's own
 overhead per step (a full `generate()` step minus its draft and verify time), on the embedded pair.
+The runner runs eagerly and compiled (runtime="compiled"; compiled during the warm-up calls).
 Outputs are checked equal (float32, 1e-5) before timing.
 
     python benchmarks/bench_steps.py
@@ -67,24 +68,32 @@ def main(argv=None) -> int:
     text = heldout_code_prompts(tokenizer, num_prompts=1, prompt_tokens=args.prefix_tokens)[0]
     prefix = tokenizer(text, return_tensors="pt").input_ids[0]
     for model in (target, draft):  # same outputs first
-        a, b = CausalRunner(model), LlamaRunner(model)
-        assert torch.allclose(a.extend(prefix, 4), b.extend(prefix, 4), atol=1e-5)
-    print("| model | step | transformers forward (ms) | specdec runner (ms) | ratio |")
-    print("|---|---|---:|---:|---:|")
+        reference = CausalRunner(model).extend(prefix, 4)
+        for runner in (LlamaRunner(model), LlamaRunner(model, compiled=True)):
+            assert torch.allclose(runner.extend(prefix, 4), reference, atol=1e-5)
+    print(
+        "| model | step | transformers forward (ms) | specdec runner (ms) | ratio "
+        "| runner, compiled (ms) | ratio |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, model in (("target 15.7M", target), ("draft 2.7M", draft)):
         eager = step_times(CausalRunner(model), prefix, args.repeats)
         lean = step_times(LlamaRunner(model), prefix, args.repeats)
+        compiled = step_times(LlamaRunner(model, compiled=True), prefix, args.repeats)
         for step in eager:
-            ratio = lean[step] / eager[step]
-            print(f"| {name} | {step} | {eager[step]:.2f} | {lean[step]:.2f} | {ratio:.2f} |")
+            print(
+                f"| {name} | {step} | {eager[step]:.2f} | {lean[step]:.2f} | {lean[step] / eager[step]:.2f} "
+                f"| {compiled[step]:.2f} | {compiled[step] / eager[step]:.2f} |"
+            )
     ids = prefix[None, :128]
-    for strategy in ("chain", "auto"):
-        spec = specdec.wrap(target, draft, strategy=strategy)
+    for strategy, runtime in (("chain", "auto"), ("auto", "auto"), ("auto", "compiled")):
+        spec = specdec.wrap(target, draft, strategy=strategy, runtime=runtime)
         spec.generate(ids, max_new_tokens=16)
         spec.generate(ids, max_new_tokens=128)
         s = spec.stats
         print(
-            f"engine overhead per step ({strategy}): {1000 * s.rest_time / s.target_passes:.2f} ms "
+            f"engine overhead per step ({strategy}, runtime {runtime}): "
+            f"{1000 * s.rest_time / s.target_passes:.2f} ms "
             f"of {1000 * s.total_time / s.target_passes:.2f} ms per step"
         )
     return 0

@@ -66,11 +66,13 @@ class RankAcceptance:
         return [min(t / o, 1.0) if o > 0 else 0.0 for t, o in zip(self.taken, self.offered, strict=True)]
 
 
-def best_tree(p: list[float], size: int, max_depth: int) -> tuple[Tree, float]:
-    """The `size`-node tree with the largest expected accepted length under rank probabilities p,
-    no deeper than max_depth, and that expected length (the sum of the nodes' reach)."""
+def grow_tree(p: list[float], size: int, max_depth: int) -> tuple[list[int], list[float], list[int]]:
+    """Best-first growth of up to `size` nodes under rank probabilities p, no deeper than max_depth:
+    (parents, reach, depth) per node in the order grown. The first n nodes are the best n-node tree,
+    so one growth serves every size up to `size`."""
     parents: list[int] = []
-    expected = 0.0
+    reaches: list[float] = []
+    depths: list[int] = []
     # heap of candidate positions: (-reach, tie, parent, rank, depth, parent_reach)
     heap = [(-p[0], 0, -1, 0, 1, 1.0)] if p and size > 0 else []
     tie = 1
@@ -79,14 +81,22 @@ def best_tree(p: list[float], size: int, max_depth: int) -> tuple[Tree, float]:
         parents.append(parent)
         index = len(parents) - 1
         reach = -neg_reach
-        expected += reach
+        reaches.append(reach)
+        depths.append(depth)
         if depth < max_depth:
             heapq.heappush(heap, (-reach * p[0], tie, index, 0, depth + 1, reach))
             tie += 1
         if rank + 1 < len(p):
             heapq.heappush(heap, (-parent_reach * p[rank + 1], tie, parent, rank + 1, depth, parent_reach))
             tie += 1
-    return Tree.from_parents(parents), expected
+    return parents, reaches, depths
+
+
+def best_tree(p: list[float], size: int, max_depth: int) -> tuple[Tree, float]:
+    """The `size`-node tree with the largest expected accepted length under rank probabilities p,
+    no deeper than max_depth, and that expected length (the sum of the nodes' reach)."""
+    parents, reaches, _ = grow_tree(p, size, max_depth)
+    return Tree.from_parents(parents), sum(reaches)
 
 
 class AutoShapeController:
@@ -129,16 +139,23 @@ class AutoShapeController:
             tree, _ = best_tree(p, min(self.EXPLORE[measured], self.max_nodes), self.max_depth)
             return DraftPlan(tree.depth, tree)
         copy_length, copy_expected = self._best_copy(free_reach)
-        best, best_rate = None, -1.0
-        for size in self.SIZES:
-            if size > self.max_nodes:
+        sizes = [size for size in self.SIZES if size <= self.max_nodes]
+        parents, reaches, depths = grow_tree(p, sizes[-1], self.max_depth)
+        best_size, best_rate = 0, -1.0
+        expected, depth, grown = 0.0, 0, 0
+        for size in sizes:
+            if size > len(parents):
                 break
-            tree, expected = best_tree(p, size, self.max_depth)
+            for node in range(grown, size):  # the best tree of `size` nodes: the first `size` grown
+                expected += reaches[node]
+                depth = max(depth, depths[node])
+            grown = size
             verified = size + copy_length + 1
-            cost = self.costs.draft(tree.depth, size) + self.costs.verify(verified)
+            cost = self.costs.draft(depth, size) + self.costs.verify(verified)
             rate = (1.0 + max(expected, copy_expected)) / max(cost, 1e-9)
             if rate > best_rate:
-                best, best_rate = tree, rate
+                best_size, best_rate = size, rate
+        best = Tree.from_parents(parents[:best_size])
         if len(best) == 0:
             self._idle_steps += 1
             if self._idle_steps % self.PROBE_EVERY:
