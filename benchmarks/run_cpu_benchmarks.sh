@@ -7,6 +7,10 @@ python -m specdec demo --no-stream --repeats 3 | tee results/demo.txt
 python benchmarks/bench_strategies.py \
     --baselines target,hf-assisted,hf-assisted-k3,hf-prompt-lookup,specdec-no-speculation \
     --out results/strategies-greedy | tee results/strategies-greedy.txt
+python benchmarks/bench_strategies.py --runtime compiled \
+    --baselines target,hf-assisted,hf-assisted-k3,hf-prompt-lookup,specdec-no-speculation \
+    --out results/strategies-greedy-compiled | tee results/strategies-greedy-compiled.txt
 python benchmarks/bench_strategies.py --temperature 0.7 --baselines target,specdec-no-speculation \
     --out results/strategies-t0.7 | tee results/strategies-t0.7.txt
 python benchmarks/bench_precision.py --prompts 8 | tee results/precision.txt
+python benchmarks/bench_steps.py | tee results/steps.txt

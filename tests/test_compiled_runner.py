@@ -109,3 +109,9 @@ def test_compiled_runtime_needs_a_llama_layout():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=96, n_positions=64))
     with pytest.raises(ValueError, match='runtime="compiled" needs a Llama-layout model'):
         make_runner(gpt2, "compiled")
+
+
+def test_compiled_runtime_on_cpu_needs_a_compiler(target, monkeypatch):
+    monkeypatch.setattr("specdec.models.llama_runner.shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        LlamaRunner(target, compiled=True)

@@ -9,6 +9,7 @@ hooks and device maps keep working).
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,11 @@ class LlamaRunner:
         self.compiled = compiled
         self._compiled_pass = None
         if compiled:
+            if self.device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+                raise ValueError(
+                    'runtime="compiled" on a CPU needs a C++ compiler (torch.compile builds its kernels '
+                    'with one); install g++ or use runtime="specdec".'
+                )
             allow_compiled_passes()
             self._compiled_pass = torch.compile(
                 self._compiled_pass_body,
