@@ -30,6 +30,8 @@ AREAS = {
     "test_hybrid": "Hybrid trees: greedy identity, chi-square, per-source statistics",
     "test_shaping": "Run-time tree planning: optimality by brute force, cost model, controller",
     "test_runners": "specdec runner vs transformers forward (1e-5), runtimes, generic models",
+    "test_compiled_runner": "runtime=\"compiled\" (torch.compile) passes equal eager passes (1e-5), "
+    "one row and batches; greedy generate() identical; no C++ compiler: clear error",
     "test_fuzz_generate": "Hypothesis fuzz of wrap()/generate(): greedy identity for any options",
     "test_numerics": "NaN/inf logits: named errors, recovery",
     "test_safety": "Loading safety (pickle opt-in), recovery after interrupts, cache reuse",

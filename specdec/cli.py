@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from specdec.cli_commands import add_bench_parser, add_generate_parser
 from specdec.config import STRATEGIES
+from specdec.models.llama_runner import RUNTIMES
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,12 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         "--pair", default=None, help="folder of another embedded pair (default: the shipped one)"
     )
     demo.add_argument("--no-stream", action="store_true", help="do not print the completion")
+    demo.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="specdec's forward (auto), also torch.compile'd (compiled: compiles first), or transformers'",
+    )
     demo.set_defaults(run=run_demo, command_parser=demo)
 
 
@@ -59,7 +66,10 @@ def run_demo(args: argparse.Namespace) -> int:
     )[args.prompt_index]
     ids = tokenizer(prompt, return_tensors="pt").input_ids  # [1, L]
     spec = specdec.wrap(
-        target, draft if strategy_needs_draft(args.strategy) else None, strategy=args.strategy
+        target,
+        draft if strategy_needs_draft(args.strategy) else None,
+        strategy=args.strategy,
+        runtime=args.runtime,
     )
     new = args.max_new_tokens
 

@@ -80,3 +80,22 @@ def test_bench_writes_results_table_and_plot(tmp_path, capsys):
     assert all(run["identical_to_target"] for run in results["runs"])
     assert (out / "table.md").read_text().startswith("| method |")
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runtime_option_reaches_wrap(monkeypatch, capsys):
+    import specdec
+
+    seen = []
+    real_wrap = specdec.wrap
+
+    def recording_wrap(*args, **kwargs):
+        seen.append(kwargs.get("runtime"))
+        return real_wrap(*args, **kwargs)
+
+    monkeypatch.setattr(specdec, "wrap", recording_wrap)
+    args = ["generate", "--prompt", "def f(x):\n", "--max-new-tokens", "4", "--strategy", "chain"]
+    assert main(args + ["--runtime", "transformers"]) == 0
+    assert seen == ["transformers"] and capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit):
+        main(args + ["--runtime", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err

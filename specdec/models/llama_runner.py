@@ -10,6 +10,7 @@ hooks and device maps keep working).
 from __future__ import annotations
 
 import shutil
+import types
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +125,7 @@ class LlamaRunner:
                 )
             allow_compiled_passes()
             self._compiled_pass = torch.compile(
-                self._compiled_pass_body,
+                _own_code(self._compiled_pass_body),
                 dynamic=True,
                 fullgraph=True,
                 # the modules' weights are read in place every call; checking each one's identity,
@@ -314,9 +315,9 @@ class LlamaRunner:
             slots = torch.arange(starts[0], starts[0] + n, device=device).expand(batch, n)  # [B, n]
         mask = self._mask(starts, n, width, attention)  # [B, 1, n, width] bool or None
         if not isinstance(logit_rows, int):
-            logit_rows = logit_rows.to(device)
+            logit_rows = _fresh(logit_rows, device)
         logits = self._compiled_pass(
-            tokens.to(device), positions.to(device), slots, mask, width, logit_rows
+            _fresh(tokens, device), _fresh(positions, device), _fresh(slots, device), mask, width, logit_rows
         )  # [B, r, V]
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         return logits
@@ -510,15 +511,33 @@ class LlamaRunner:
 
 RUNTIMES = ("auto", "specdec", "compiled", "transformers")
 
-#: Compiled graphs one runner may need (batch of 1 or more, 1 or more new tokens, mask or not). Every
-#: runner's graphs count against one limit (torch counts per traced function), so it is raised.
-_GRAPHS_PER_RUNNER = 8
+#: Compiled graphs one runner may need: one new token or more, with or without a mask, the last rows'
+#: logits or chosen rows', one batch row or more, a prefill that attends only to itself.
+_GRAPHS_PER_RUNNER = 16
 
 
-def allow_compiled_passes(runners: int = 16) -> None:
-    """Raise torch's per-function recompile limit to hold `runners` runners' graphs (never lowers it)."""
+def allow_compiled_passes() -> None:
+    """Raise torch's per-function recompile limit to hold one runner's graphs (never lowers it)."""
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, runners * _GRAPHS_PER_RUNNER)
+    config.recompile_limit = max(config.recompile_limit, _GRAPHS_PER_RUNNER)
+
+
+def _own_code(method):
+    """`method` bound to a copy of its function with a code object of its own. torch.compile keeps
+    its graphs and guards per code object, so each runner gets its own instead of every runner's
+    sizes (heads, layers) being guarded, generalised and recompiled in one shared cache."""
+    function = method.__func__
+    code = function.__code__.replace(co_name=function.__name__)  # a new code object, same code
+    copy = types.FunctionType(
+        code, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+    )
+    return types.MethodType(copy, method.__self__)
+
+
+def _fresh(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A compact copy made under inference mode: graph inputs that are views (a storage offset) or
+    were made outside inference mode would each make torch.compile guard on it and recompile."""
+    return tensor.to(device).clone(memory_format=torch.contiguous_format)
 
 
 def make_runner(
