@@ -115,3 +115,20 @@ def test_compiled_runtime_on_cpu_needs_a_compiler(target, monkeypatch):
     monkeypatch.setattr("specdec.models.llama_runner.shutil.which", lambda name: None)
     with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
         LlamaRunner(target, compiled=True)
+
+
+def test_graphs_are_compiled_at_the_first_pass_only(target):
+    """After the first pass of a batch size compiled every variant, whole generations (prefill,
+    decode, chains and trees of other sizes, rollbacks) compile nothing more."""
+    from torch._dynamo.utils import counters
+
+    draft = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=2)
+    spec = specdec.wrap(target, draft, strategy="auto", runtime="compiled")
+    spec._target_runner.extend_rows(prompt(3, 940), [3], None, None, 1)  # the first pass compiles
+    spec._drafter.model.runner.extend_rows(prompt(3, 940), [3], None, None, 1)
+    graphs = counters["stats"]["unique_graphs"]
+    for seed in range(3):
+        ids = prompt(5 + 4 * seed, 941 + seed)
+        want = target.generate(ids, max_new_tokens=20, do_sample=False)
+        assert torch.equal(spec.generate(ids, max_new_tokens=20), want)
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -117,6 +117,7 @@ class LlamaRunner:
         self.cuda_graphs = cuda_graphs
         self.compiled = compiled
         self._compiled_pass = None
+        self._compiled_batches: set[int] = set()  # batch sizes whose graphs are compiled
         if compiled:
             if self.device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
                 raise ValueError(
@@ -302,25 +303,51 @@ class LlamaRunner:
     def _run_compiled(
         self, tokens, counts, starts, slots, positions, attention, width, logit_rows
     ) -> torch.Tensor:
-        """An ordinary pass through the compiled graph: host values (where rows start, the attended
-        width, how many logit rows) enter as tensors or symbolic sizes, so a few graphs (one new token
-        or more; with or without a mask; last rows or chosen rows) serve every step."""
+        """An ordinary pass through the compiled graph. Host values (where rows start, the attended
+        width, which logit rows) enter as tensors or symbolic sizes, always in the same form (a mask
+        and logit-row indices are always given), so a few graphs serve every step; they are all
+        compiled at the first pass of a batch size (see `_compile_variants`)."""
         device = self.device
         batch, n = tokens.shape
         if not self._keys:
             self._allocate(self.model.get_input_embeddings().weight.dtype)
         if self._calls.uses_table:
             self._calls.prepare_table(self._keys[0])  # outside the graph: the graph only reads it
+        if batch not in self._compiled_batches and not any(starts):
+            self._compile_variants(batch)
         if slots is None:
             slots = torch.arange(starts[0], starts[0] + n, device=device).expand(batch, n)  # [B, n]
         mask = self._mask(starts, n, width, attention)  # [B, 1, n, width] bool or None
-        if not isinstance(logit_rows, int):
-            logit_rows = _fresh(logit_rows, device)
+        if mask is None:
+            mask = torch.ones(batch, 1, n, width, dtype=torch.bool, device=device)
+        if isinstance(logit_rows, int):
+            logit_rows = torch.arange(n - logit_rows, n, device=device).expand(batch, logit_rows)
         logits = self._compiled_pass(
-            _fresh(tokens, device), _fresh(positions, device), _fresh(slots, device), mask, width, logit_rows
+            _fresh(tokens, device),
+            _fresh(positions, device),
+            _fresh(slots, device),
+            mask,
+            width,
+            _fresh(logit_rows, device),
         )  # [B, r, V]
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         return logits
+
+    def _compile_variants(self, batch: int) -> None:
+        """Compile, on dummy tokens written where the (empty) rows will be overwritten, every graph
+        a generation can need at this batch size: 1 or 2+ new tokens, 1 or 2+ logit rows, a first
+        pass (it attends only to itself) or a later one. Compiling them now keeps compilation out of
+        the passes a user times. Only called while every row is empty."""
+        device = self.device
+        self._compiled_batches.add(batch)
+        for start in (0, 3):
+            for n, r in ((1, 1), (2, 1), (2, 2)):
+                width = start + n
+                tokens = torch.zeros(batch, n, dtype=torch.long, device=device)
+                slots = (start + torch.arange(n, device=device)).expand(batch, n).clone()
+                mask = torch.ones(batch, 1, n, width, dtype=torch.bool, device=device)
+                rows = torch.arange(n - r, n, device=device).expand(batch, r).clone()
+                self._compiled_pass(tokens, slots.clone(), slots, mask, width, rows)
 
     def _compiled_pass_body(
         self,
