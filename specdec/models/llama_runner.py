@@ -125,13 +125,12 @@ class LlamaRunner:
                     'with one); install g++ or use runtime="specdec".'
                 )
             allow_compiled_passes()
+            # the modules' weights are read in place every call; checking each one's identity, size
+            # and stride before every pass costs as much as a small model's matmuls (torch >= 2.8)
+            skip_weight_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
+            options = {} if skip_weight_guards is None else {"guard_filter_fn": skip_weight_guards}
             self._compiled_pass = torch.compile(
-                _own_code(self._compiled_pass_body),
-                dynamic=True,
-                fullgraph=True,
-                # the modules' weights are read in place every call; checking each one's identity,
-                # size and stride before every pass costs as much as a small model's matmuls
-                options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe},
+                _own_code(self._compiled_pass_body), dynamic=True, fullgraph=True, options=options
             )
         self._passes: dict[tuple[int, int], StaticPass] = {}  # (B, bucket) -> its pass
         self._probe: torch.Tensor | None = None  # [0, 0, 0, D] for choosing the attention backend
@@ -546,7 +545,8 @@ _GRAPHS_PER_RUNNER = 16
 def allow_compiled_passes() -> None:
     """Raise torch's per-function recompile limit to hold one runner's graphs (never lowers it)."""
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, _GRAPHS_PER_RUNNER)
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), _GRAPHS_PER_RUNNER))
 
 
 def _own_code(method):
