@@ -21,7 +21,7 @@ from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
 
 MODEL, NGRAM = "draft-model", "prompt-lookup"
-DECAY = 0.9  # weight of the past in the per-position copy statistics
+DECAY = 0.9  # weight of the past in the copy acceptance statistics
 
 
 class HybridDrafter:
@@ -70,8 +70,8 @@ class HybridDrafter:
         self._reset_copy_statistics()
 
     def _reset_copy_statistics(self) -> None:
-        self._copy_taken = [1.0] * self.free_depth  # decayed: steps whose path followed copy position j
-        self._copy_offered = [2.0] * self.free_depth  # decayed: steps that offered copy position j
+        self._copy_accepted = 1.0  # decayed: copied tokens the target accepted (prior 1/2 of 2)
+        self._copy_judged = 2.0  # decayed: copied tokens the target judged (accepted + first rejected)
         self._copy_length = 0
         self._cached_key: tuple[int, int] | None = None
         self._cached: list[torch.Tensor] = []
@@ -89,15 +89,17 @@ class HybridDrafter:
         self._reset_copy_statistics()
 
     def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
-        """Per position j of this step's longest n-gram copy after `sequence` ([1, N]): the measured
-        share of recent steps whose accepted path followed a copy past position j (decayed; prior
-        1/2). What a planner must beat with draft-model nodes. Empty when nothing matches, or when
-        sampling without merging."""
+        """Per position j of this step's longest n-gram copy after `sequence` ([1, N]): the chance
+        that the accepted path follows the copy past position j, alpha^(j + 1), where alpha is the
+        measured share of judged copied tokens that were accepted (decayed per step, prior 1/2), as
+        prompt lookup's own length controller models it. What a planner must beat with draft-model
+        nodes. Empty when nothing matches, or when sampling without merging."""
         if do_sample and not self.merge_when_sampling:
             return []
         candidates = self._continuations(sequence, self.free_depth)
         longest = max((c.numel() for c in candidates), default=0)
-        return [t / o for t, o in zip(self._copy_taken[:longest], self._copy_offered, strict=False)]
+        alpha = min(self._copy_accepted / self._copy_judged, 0.999)
+        return [alpha ** (j + 1) for j in range(longest)]
 
     def _continuations(self, sequence: torch.Tensor, depth: int) -> list[torch.Tensor]:
         """This step's n-gram continuations (cached for the step's sequence and depth)."""
@@ -197,9 +199,11 @@ class HybridDrafter:
                 break
             ngram_run += 1
         self._ngram_gain = 0.8 * self._ngram_gain + 0.2 * ngram_run
-        for j in range(self._copy_length):  # per copy position: was it offered, was it followed
-            self._copy_offered[j] = DECAY * self._copy_offered[j] + 1.0
-            self._copy_taken[j] = DECAY * self._copy_taken[j] + (1.0 if ngram_run > j else 0.0)
+        if self._copy_length:  # the copy's tokens judged: those accepted and the first rejected one
+            accepted = min(ngram_run, self._copy_length)
+            judged = accepted + (1 if accepted < self._copy_length else 0)
+            self._copy_accepted = DECAY * self._copy_accepted + accepted
+            self._copy_judged = DECAY * self._copy_judged + judged
         self._copy_length = 0
         model_path = []
         for node in path if self._sources else ():
