@@ -7,7 +7,7 @@ python -m specdec demo --no-stream --repeats 3 | tee results/demo.txt
 python benchmarks/bench_strategies.py \
     --baselines target,hf-assisted,hf-assisted-k3,hf-prompt-lookup,specdec-no-speculation \
     --out results/strategies-greedy | tee results/strategies-greedy.txt
-python benchmarks/bench_strategies.py --runtime compiled \
+python benchmarks/bench_strategies.py --runtime compiled --repeats 3 \
     --baselines target,hf-assisted,hf-assisted-k3,hf-prompt-lookup,specdec-no-speculation \
     --out results/strategies-greedy-compiled | tee results/strategies-greedy-compiled.txt
 python benchmarks/bench_strategies.py --temperature 0.7 --baselines target,specdec-no-speculation \

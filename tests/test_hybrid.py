@@ -100,3 +100,33 @@ def test_auto_sampling_is_unaffected_by_an_earlier_greedy_call(target):
     used.cost_profile = profile
     used.generate(ids, max_new_tokens=20)  # greedy first
     assert torch.equal(used.generate(ids, generator=torch.Generator().manual_seed(2), **kwargs), expected)
+
+
+def test_copy_reach_follows_the_measured_copy_acceptance(target):
+    """free_candidates: reach alpha^(j+1) per copy position, alpha = accepted / judged copied tokens
+    (decayed): copies followed to the end raise it, copies rejected at once lower it."""
+    spec = specdec.wrap(target, target, strategy="hybrid")
+    hybrid = spec._drafter
+    hybrid.begin()
+    ids = repetitive_prompt(6)  # its last tokens repeat an earlier stretch: a copy exists
+    prior = hybrid.free_candidates(ids, do_sample=False)
+    assert len(prior) >= 2 and prior == pytest.approx([0.5 ** (j + 1) for j in range(len(prior))])
+
+    def observe(run: int) -> None:
+        """One verified step that offered a 4-token copy and followed it for `run` tokens."""
+        hybrid._sources = [("prompt-lookup",)] * 4
+        hybrid._model_nodes = [None] * 4
+        hybrid._model_ran = False
+        hybrid._copy_length = 4
+        hybrid.observe(ids.shape[1], tuple(range(run)))
+
+    for _ in range(5):
+        observe(4)
+    high = hybrid.free_candidates(ids, do_sample=False)
+    alpha = high[0]
+    assert alpha > 0.8 and high == pytest.approx([alpha ** (j + 1) for j in range(len(high))])
+    for _ in range(20):
+        observe(0)
+    low = hybrid.free_candidates(ids, do_sample=False)
+    assert low[0] < 0.5 < alpha
+    assert hybrid.free_candidates(ids, do_sample=True) == low  # hybrid merges when sampling too
