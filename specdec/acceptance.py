@@ -126,15 +126,21 @@ def accept_greedy_tree(tree: Tree, tokens: torch.Tensor, target_scores: torch.Te
     """Greedy rule on a tree: from the root, follow the child whose token is the target's argmax.
 
     tokens: [T] node tokens; target_scores: [T + 1, V], row 0 at the root, row i + 1 at node i.
-    Returns the longest such path and the target's argmax after its last node.
+    Returns the longest such path and the target's argmax after its last node (one host sync).
     """
-    choice = target_scores.argmax(dim=-1).tolist()  # [T + 1]
-    token_list = tokens.tolist()
+    choice = target_scores.argmax(dim=-1)  # [T + 1]
+    values = torch.cat([choice, tokens.to(choice.device)]).tolist()  # [2T + 1]
+    return greedy_tree_outcome(tree, values[choice.shape[0] :], values[: choice.shape[0]])
+
+
+def greedy_tree_outcome(tree: Tree, tokens: list[int], choice: list[int]) -> Accepted:
+    """The greedy tree rule on host values: tokens [T] of the nodes, choice [T + 1] the target's
+    argmax at the root (0) and after each node (i + 1)."""
     path: list[int] = []
     node = -1
     while True:
         wanted = choice[node + 1]
-        child = next((c for c in tree.children_of(node) if token_list[c] == wanted), None)
+        child = next((c for c in tree.children_of(node) if tokens[c] == wanted), None)
         if child is None:
             return Accepted(tuple(path), wanted)
         path.append(child)

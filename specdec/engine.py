@@ -15,6 +15,7 @@ from specdec.acceptance import (
     accept_stochastic_chain,
     accept_stochastic_tree,
     greedy_chain_outcome,
+    greedy_tree_outcome,
 )
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
@@ -96,11 +97,16 @@ class SpeculativeEngine:
         finite = torch.isfinite(logits).all()  # [] on the device; read with the acceptance
         scores = self.pipeline.scores_tree(sequence, draft.tokens, tree, logits)  # [T + 1, V]
 
-        # 3. accept (a greedy chain reads the finiteness flag and its outcome in one host sync)
+        # 3. accept (greedy: the finiteness flag and what the rule needs travel in one host sync)
         if not self.pipeline.do_sample and tree.is_chain:
             outcome = greedy_chain_outcome(draft.tokens, scores)  # [2]
             ok, n, next_token = torch.cat([finite.long().view(1), outcome]).tolist()
             accepted = Accepted(tuple(range(n)), next_token) if ok else None
+        elif not self.pipeline.do_sample:
+            choice = scores.argmax(dim=-1)  # [T + 1]
+            flag_choice_tokens = torch.cat([finite.long().view(1), choice, draft.tokens.to(choice.device)])
+            values = flag_choice_tokens.tolist()  # [1 + (T + 1) + T]
+            accepted = greedy_tree_outcome(tree, values[t + 2 :], values[1 : t + 2]) if values[0] else None
         else:
             accepted = self._accept(draft, scores) if bool(finite) else None
         if accepted is None:
