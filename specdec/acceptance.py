@@ -128,14 +128,19 @@ def accept_greedy_tree(tree: Tree, tokens: torch.Tensor, target_scores: torch.Te
     tokens: [T] node tokens; target_scores: [T + 1, V], row 0 at the root, row i + 1 at node i.
     Returns the longest such path and the target's argmax after its last node (one host sync).
     """
+    return greedy_tree_outcome(tree, greedy_tree_values(tokens, target_scores).tolist())
+
+
+def greedy_tree_values(tokens: torch.Tensor, target_scores: torch.Tensor) -> torch.Tensor:
+    """What the greedy tree rule reads, still on the device: [2T + 1] long, the target's argmax at
+    the root and after each node ([T + 1]), then the node tokens ([T])."""
     choice = target_scores.argmax(dim=-1)  # [T + 1]
-    values = torch.cat([choice, tokens.to(choice.device)]).tolist()  # [2T + 1]
-    return greedy_tree_outcome(tree, values[choice.shape[0] :], values[: choice.shape[0]])
+    return torch.cat([choice, tokens.to(choice.device)])
 
 
-def greedy_tree_outcome(tree: Tree, tokens: list[int], choice: list[int]) -> Accepted:
-    """The greedy tree rule on host values: tokens [T] of the nodes, choice [T + 1] the target's
-    argmax at the root (0) and after each node (i + 1)."""
+def greedy_tree_outcome(tree: Tree, values: list[int]) -> Accepted:
+    """The greedy tree rule on the host values of `greedy_tree_values`."""
+    choice, tokens = values[: len(tree) + 1], values[len(tree) + 1 :]
     path: list[int] = []
     node = -1
     while True:

@@ -16,6 +16,7 @@ from specdec.acceptance import (
     accept_stochastic_tree,
     greedy_chain_outcome,
     greedy_tree_outcome,
+    greedy_tree_values,
 )
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
@@ -103,10 +104,9 @@ class SpeculativeEngine:
             ok, n, next_token = torch.cat([finite.long().view(1), outcome]).tolist()
             accepted = Accepted(tuple(range(n)), next_token) if ok else None
         elif not self.pipeline.do_sample:
-            choice = scores.argmax(dim=-1)  # [T + 1]
-            flag_choice_tokens = torch.cat([finite.long().view(1), choice, draft.tokens.to(choice.device)])
-            values = flag_choice_tokens.tolist()  # [1 + (T + 1) + T]
-            accepted = greedy_tree_outcome(tree, values[t + 2 :], values[1 : t + 2]) if values[0] else None
+            rule_inputs = greedy_tree_values(draft.tokens, scores)  # [2T + 1]
+            ok, *values = torch.cat([finite.long().view(1), rule_inputs]).tolist()
+            accepted = greedy_tree_outcome(tree, values) if ok else None
         else:
             accepted = self._accept(draft, scores) if bool(finite) else None
         if accepted is None:

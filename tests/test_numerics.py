@@ -15,11 +15,11 @@ def _poisoned(seed, **kwargs):
     return model
 
 
+@pytest.mark.parametrize("strategy", ["chain", "tree"])  # greedy chains and trees read the flag apart
 @pytest.mark.parametrize("runtime", ["specdec", "transformers"])
-def test_nan_target_logits_name_the_target(runtime):
-    spec = specdec.wrap(
-        _poisoned(0), tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1), runtime=runtime
-    )
+def test_nan_target_logits_name_the_target(runtime, strategy):
+    draft = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
+    spec = specdec.wrap(_poisoned(0), draft, strategy=strategy, runtime=runtime)
     with pytest.raises(
         NonFiniteLogitsError, match="the target model produced NaN or inf logits at step 0"
     ) as info:

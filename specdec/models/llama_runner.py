@@ -353,13 +353,13 @@ class LlamaRunner:
         tokens: torch.Tensor,
         positions: torch.Tensor,
         slots: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor,
         width: int,
-        logit_rows: torch.Tensor | int,
+        logit_rows: torch.Tensor,
     ) -> torch.Tensor:
         """What `torch.compile` traces: tokens, positions, slots (cache positions) [B, n]; mask
-        [B, 1, n, width] bool or None (every cached column visible); width = columns attended;
-        logit_rows as in `extend_rows`. Writes the cache; returns logits [B, r, V]."""
+        [B, 1, n, width] bool; width = columns attended; logit_rows [B, r] block indices. Writes the
+        cache; returns logits [B, r, V]."""
         hidden = self._inner.embed_tokens(tokens)  # [B, n, H]
         cos, sin = self._calls.cos_sin(hidden, positions)  # [B, n, D]
         block = _Block([], tokens.shape[1], width, slots, dense=mask)
@@ -537,8 +537,8 @@ class LlamaRunner:
 
 RUNTIMES = ("auto", "specdec", "compiled", "transformers")
 
-#: Compiled graphs one runner may need: one new token or more, with or without a mask, the last rows'
-#: logits or chosen rows', one batch row or more, a prefill that attends only to itself.
+#: Compiled graphs one runner may need: one new token or more, one logit row or more, one batch row
+#: or more, a first pass that attends only to itself (6 per batch size of 1 and of 2+, with room).
 _GRAPHS_PER_RUNNER = 16
 
 
