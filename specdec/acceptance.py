@@ -102,6 +102,21 @@ def accept_stochastic_chain(
     3. if all k were accepted, draw the bonus token from p_k.
     Each committed token is then distributed exactly as p given the tokens before it.
     """
+    n, token = stochastic_chain_outcome(draft_tokens, p, q, generator).tolist()
+    return Accepted(tuple(range(n)), token)
+
+
+def stochastic_chain_outcome(
+    draft_tokens: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """`accept_stochastic_chain` without leaving the device: [2] long (n accepted, appended token).
+
+    The appended token's distribution is picked on the device (the residual at n, or p_k when n = k),
+    so the whole rule costs the host nothing until its caller reads the result.
+    """
     k = draft_tokens.shape[0]
     device = p.device
     drafts = draft_tokens.to(device)
@@ -109,17 +124,19 @@ def accept_stochastic_chain(
         q_rows = one_hot_draft_probabilities(drafts, p.shape[-1], p.dtype)  # [k, V]
     else:
         q_rows = q.to(device=device, dtype=p.dtype)  # [k, V]
-    n = 0
+    n = torch.zeros((), dtype=torch.long, device=device)
     if k:
         p_draft = p[:k].gather(1, drafts[:, None]).squeeze(1)  # [k]
         q_draft = q_rows.gather(1, drafts[:, None]).squeeze(1)  # [k]
         # Step 1: one uniform draw per drafted position.
         u = torch.rand(k, generator=generator, device=device, dtype=p.dtype)  # [k]
-        accepted = (u < acceptance_probability(p_draft, q_draft)).long()  # [k]
-        n = int(accepted.cumprod(dim=0).sum().item())
-    # Steps 2 and 3.
-    token = sample(next_token_distribution(p, q_rows, n), generator)
-    return Accepted(tuple(range(n)), int(token.item()))
+        n = (u < acceptance_probability(p_draft, q_draft)).long().cumprod(dim=0).sum()  # []
+    # Steps 2 and 3: the residual at n < k, else p_k (q padded with a row that is never used).
+    at_n = n.view(1)
+    p_n = p.index_select(0, at_n)[0]  # [V]
+    q_n = torch.cat([q_rows, q_rows.new_zeros(1, p.shape[-1])]).index_select(0, at_n)[0]  # [V]
+    token = sample(torch.where(n < k, residual(p_n, q_n), p_n), generator)  # []
+    return torch.stack([n, token.to(n.dtype)])
 
 
 def accept_greedy_tree(tree: Tree, tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
@@ -187,13 +204,103 @@ def accept_stochastic_tree(
     One uniform is drawn per node up front, so a chain-shaped tree consumes randomness exactly like
     `accept_stochastic_chain` and gives the same result for the same generator.
     """
-    u = (
-        torch.rand(len(tree), generator=generator, device=p.device, dtype=p.dtype).tolist()
-        if len(tree)
-        else []
-    )
-    path, final = walk_tree(tree, tokens, p, q, kinds, lambda node, prob: u[node] < prob)
-    return Accepted(path, int(sample(final, generator).item()))
+    values = stochastic_tree_outcome(tree, tokens, p, q, kinds, generator).tolist()
+    return stochastic_tree_result(values)
+
+
+def stochastic_tree_outcome(
+    tree: Tree,
+    tokens: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    kinds: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """`accept_stochastic_tree` without leaving the device: [depth + 1] long, the accepted path's
+    nodes root first (-1 after its end), then the appended token; `stochastic_tree_result` reads it.
+
+    The rule is `walk_tree`'s, evaluated for every node at once: a node's target distribution does not
+    depend on how the walk reached it, so each parent's children can be judged in rank order (a coin
+    per child against the residual left by its elder siblings), all parents side by side; the walk
+    then follows, from the root, each node's first accepted child. Same uniforms, same arithmetic.
+    """
+    t = len(tree)
+    device, dtype = p.device, p.dtype
+    u = torch.rand(t, generator=generator, device=device, dtype=dtype) if t else p.new_empty(0)  # [T]
+    if kinds is None:
+        kind_list = [NodeKind.SAMPLED if q is not None else NodeKind.DETERMINISTIC] * t
+    else:
+        kind_list = [NodeKind(int(k)) for k in kinds.tolist()]  # kinds live on the host
+    x = tokens.to(device)  # [T]
+    q_dev = q.to(device=device, dtype=dtype) if q is not None else None  # [T, V]
+    p_left = p.clone()  # [T + 1, V] row i + 1: p at node i, after its children judged so far
+    q_without = torch.zeros_like(p)  # [T + 1, V] per parent: q less its siblings drawn so far
+    accepted = torch.zeros(t + 1, dtype=torch.bool, device=device)  # [T + 1]; the last stays False
+    table = tree.children_table  # [T + 1, C] host: row i + 1 lists node i's children, -1 padded
+    if t == 0:
+        return sample(p[0], generator).to(torch.long).view(1)
+    for rank in range(table.shape[1]):
+        rows = [r for r in range(t + 1) if table[r, rank] >= 0]
+        children = [int(table[r, rank]) for r in rows]
+        rows_t = torch.tensor(rows, device=device)  # [R]
+        children_t = torch.tensor(children, device=device)  # [R]
+        x_r = x[children_t]  # [R]
+        proposal = q_dev[children_t] if q_dev is not None else p.new_zeros(len(rows), p.shape[-1])  # [R, V]
+        drawn_without = [
+            i for i, c in enumerate(children) if kind_list[c] == NodeKind.SAMPLED_WITHOUT_REPLACEMENT
+        ]
+        chosen = [i for i, c in enumerate(children) if kind_list[c] == NodeKind.DETERMINISTIC]
+        if drawn_without:
+            w = torch.tensor(drawn_without, device=device)
+            first = [i for i in drawn_without if _first_drawn_without(tree, kind_list, children[i])]
+            if first:
+                f = torch.tensor(first, device=device)
+                q_without[rows_t[f]] = proposal[f]
+            proposal[w] = q_without[rows_t[w]]
+        if chosen:
+            c = torch.tensor(chosen, device=device)
+            proposal[c] = torch.nn.functional.one_hot(x_r[c], p.shape[-1]).to(dtype)
+        p_rows = p_left[rows_t]  # [R, V]
+        a = acceptance_probability(
+            p_rows.gather(1, x_r[:, None])[:, 0], proposal.gather(1, x_r[:, None])[:, 0]
+        )
+        accepted[children_t] = u[children_t] < a
+        p_left[rows_t] = residual(p_rows, proposal)
+        if drawn_without:  # the next sibling drawn without replacement cannot be this token
+            kept = proposal[w].scatter(1, x_r[w, None], 0.0)  # [W, V]
+            mass = kept.sum(dim=-1, keepdim=True)
+            q_without[rows_t[w]] = torch.where(mass > 0, kept / mass, kept)
+    # Each node's first accepted child (-1: none), then the walk from the root.
+    table_dev = table.to(device)  # [T + 1, C]
+    judged = accepted[table_dev]  # [T + 1, C] (-1 reads the final False)
+    first_rank = judged.int().argmax(dim=1, keepdim=True)  # [T + 1, 1]
+    next_node = torch.where(judged.any(dim=1), table_dev.gather(1, first_rank)[:, 0], -1)  # [T + 1]
+    node = torch.full((), -1, dtype=torch.long, device=device)
+    path = []
+    for _ in range(tree.depth):
+        step = next_node[node + 1]
+        path.append(step)
+        node = torch.where(step >= 0, step, node)
+    token = sample(p_left[node + 1], generator)  # []
+    return torch.stack([*path, token.to(torch.long)])
+
+
+def stochastic_tree_result(values: list[int]) -> Accepted:
+    """Read `stochastic_tree_outcome`'s host values: the path (up to its first -1) and the token."""
+    path = []
+    for node in values[:-1]:
+        if node < 0:
+            break
+        path.append(node)
+    return Accepted(tuple(path), values[-1])
+
+
+def _first_drawn_without(tree: Tree, kinds: list[NodeKind], node: int) -> bool:
+    """Whether `node` is the first of its siblings drawn without replacement."""
+    for sibling in tree.children_of(tree.parents[node]):
+        if kinds[sibling] == NodeKind.SAMPLED_WITHOUT_REPLACEMENT:
+            return sibling == node
+    return False
 
 
 def walk_tree(
@@ -204,9 +311,11 @@ def walk_tree(
     kinds: torch.Tensor | None,
     coin: Callable[[int, float], bool],
 ) -> tuple[tuple[int, ...], torch.Tensor]:
-    """The deterministic part of `accept_stochastic_tree`: returns (accepted path, distribution [V] of
-    the appended token). `coin(node, a)` decides whether `node` is accepted, which must happen with
-    probability a; tests enumerate both outcomes to compute the rule's exact output distribution."""
+    """The deterministic part of `accept_stochastic_tree`, node by node on the host: returns (accepted
+    path, distribution [V] of the appended token). `coin(node, a)` decides whether `node` is accepted,
+    which must happen with probability a. This is the rule's reference form: the tests enumerate both
+    outcomes of every coin to compute its exact output distribution, and replay each outcome through
+    `stochastic_tree_outcome` (the same rule for all nodes at once), which must agree."""
     token_list = tokens.tolist()
     if kinds is None:
         kind_list = [NodeKind.SAMPLED if q is not None else NodeKind.DETERMINISTIC] * len(tree)

@@ -10,13 +10,12 @@ import torch
 from specdec.acceptance import (
     Accepted,
     NodeKind,
-    accept_greedy_chain,
-    accept_greedy_tree,
-    accept_stochastic_chain,
-    accept_stochastic_tree,
     greedy_chain_outcome,
     greedy_tree_outcome,
     greedy_tree_values,
+    stochastic_chain_outcome,
+    stochastic_tree_outcome,
+    stochastic_tree_result,
 )
 from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
@@ -98,19 +97,12 @@ class SpeculativeEngine:
         finite = torch.isfinite(logits).all()  # [] on the device; read with the acceptance
         scores = self.pipeline.scores_tree(sequence, draft.tokens, tree, logits)  # [T + 1, V]
 
-        # 3. accept (greedy: the finiteness flag and what the rule needs travel in one host sync)
-        if not self.pipeline.do_sample and tree.is_chain:
-            outcome = greedy_chain_outcome(draft.tokens, scores)  # [2]
-            ok, n, next_token = torch.cat([finite.long().view(1), outcome]).tolist()
-            accepted = Accepted(tuple(range(n)), next_token) if ok else None
-        elif not self.pipeline.do_sample:
-            rule_inputs = greedy_tree_values(draft.tokens, scores)  # [2T + 1]
-            ok, *values = torch.cat([finite.long().view(1), rule_inputs]).tolist()
-            accepted = greedy_tree_outcome(tree, values) if ok else None
-        else:
-            accepted = self._accept(draft, scores) if bool(finite) else None
-        if accepted is None:
+        # 3. accept: the finiteness flag and the rule's outcome reach the host in one sync
+        outcome = acceptance_values(draft, scores, self.pipeline.do_sample, self.generator, finite)
+        ok, *values = torch.cat([finite.long().view(1), outcome]).tolist()
+        if not ok:
             raise NonFiniteLogitsError("target", self._steps)
+        accepted = accepted_from_values(draft, values, self.pipeline.do_sample)
         t2 = time.perf_counter()
 
         # 4. commit: the accepted path moves to contiguous cache rows, every other node is dropped
@@ -165,26 +157,55 @@ class SpeculativeEngine:
         attention = draft.tree.block_attention(m)  # [m + T, m + T]
         return self.target.extend(block, num_logits=t + 1, positions=positions, attention=attention)
 
-    def _accept(self, draft: Draft, scores: torch.Tensor) -> Accepted:
-        return accept_draft(draft, scores, self.pipeline.do_sample, self.generator)
-
 
 def accept_draft(
     draft: Draft, scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None
 ) -> Accepted:
-    """The acceptance rule for a draft: greedy or exact stochastic, chain or tree.
+    """The acceptance rule for a draft: greedy or exact stochastic, chain or tree (one host sync).
 
     scores: [T + 1, V] processed target scores (row 0 at the root, row i + 1 after node i).
     """
+    values = acceptance_values(draft, scores, do_sample, generator).tolist()
+    return accepted_from_values(draft, values, do_sample)
+
+
+def acceptance_values(
+    draft: Draft,
+    scores: torch.Tensor,
+    do_sample: bool,
+    generator: torch.Generator | None,
+    finite: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """What the acceptance rule hands the host, still on the device (long; `accepted_from_values`
+    reads it). finite: [] bool, whether the target's logits were finite; when False the sampled
+    distributions are replaced by uniform ones so that sampling stays defined (the caller raises)."""
     tree = draft.tree
     if not do_sample:
         if tree.is_chain:
-            return accept_greedy_chain(draft.tokens, scores)
-        return accept_greedy_tree(tree, draft.tokens, scores)
-    p = probabilities(scores)
+            return greedy_chain_outcome(draft.tokens, scores)  # [2]
+        return greedy_tree_values(draft.tokens, scores)  # [2T + 1]
+    p = probabilities(scores)  # [T + 1, V]
+    if finite is not None:
+        p = torch.where(finite, p, torch.full_like(p, 1.0 / p.shape[-1]))
     kinds = draft.kinds
-    if tree.is_chain and (kinds is None or bool((kinds == kinds[:1]).all())):
+    if _is_uniform_chain(draft):
         deterministic = kinds is not None and len(kinds) and int(kinds[0]) == NodeKind.DETERMINISTIC
         q = None if deterministic else draft.q
-        return accept_stochastic_chain(draft.tokens, p, q, generator)
-    return accept_stochastic_tree(tree, draft.tokens, p, draft.q, draft.kinds, generator)
+        return stochastic_chain_outcome(draft.tokens, p, q, generator)  # [2]
+    return stochastic_tree_outcome(tree, draft.tokens, p, draft.q, kinds, generator)  # [depth + 1]
+
+
+def accepted_from_values(draft: Draft, values: list[int], do_sample: bool) -> Accepted:
+    """The accepted path and appended token from the host values of `acceptance_values`."""
+    if draft.tree.is_chain and (not do_sample or _is_uniform_chain(draft)):
+        n, next_token = values
+        return Accepted(tuple(range(n)), next_token)
+    if not do_sample:
+        return greedy_tree_outcome(draft.tree, values)
+    return stochastic_tree_result(values)
+
+
+def _is_uniform_chain(draft: Draft) -> bool:
+    """A chain whose nodes were all proposed the same way (kinds live on the host)."""
+    kinds = draft.kinds
+    return draft.tree.is_chain and (kinds is None or bool((kinds == kinds[:1]).all()))

@@ -122,6 +122,16 @@ class Tree:
         return self.children.get(node, [])
 
     @cached_property
+    def children_table(self) -> torch.Tensor:
+        """[T + 1, C] long, C the most children of any node: row 0 lists the root's children, row
+        i + 1 node i's, in rank order, padded with -1."""
+        width = max((len(kids) for kids in self.children.values()), default=0)
+        table = torch.full((len(self) + 1, width), -1, dtype=torch.long)
+        for parent, kids in self.children.items():
+            table[parent + 1, : len(kids)] = torch.tensor(kids, dtype=torch.long)
+        return table
+
+    @cached_property
     def leaves(self) -> tuple[int, ...]:
         return tuple(i for i in range(len(self)) if not self.children_of(i))
 

@@ -200,6 +200,39 @@ def test_chain_shaped_tree_equals_chain_rule_draw_for_draw():
         )
 
 
+def _walk_reference(tree, tokens, p, q, kinds, generator):
+    """The rule node by node (`walk_tree`), drawing the same uniforms and token as the library."""
+    u = torch.rand(len(tree), generator=generator, dtype=p.dtype).tolist()
+    path, final = walk_tree(tree, tokens, p, q, kinds, lambda node, prob: u[node] < prob)
+    return path, int(torch.multinomial(final, 1, generator=generator))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stochastic_tree_rule_on_the_device_equals_the_node_by_node_walk(seed):
+    """At a realistic size (V 2000, up to 40 nodes, mixed proposal kinds among siblings), the rule
+    evaluated for all nodes at once takes the same path and draws the same token as `walk_tree`."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = 2000
+    for trial in range(25):
+        parents = [-1]
+        for i in range(1, int(torch.randint(1, 40, (), generator=g))):
+            parents.append(int(torch.randint(-1, i, (), generator=g)))
+        tree = Tree.from_parents(parents)
+        t = len(tree)
+        kinds = torch.randint(0, 3, (t,), generator=g)
+        # siblings drawn without replacement share their parent's q
+        p = torch.softmax(torch.randn(t + 1, vocab, generator=g) * 3, -1)
+        parent_q = torch.softmax(torch.randn(t + 1, vocab, generator=g) * 3, -1)  # row i + 1: at node i
+        q = parent_q[torch.tensor(parents) + 1]  # [T, V] each node's parent's q
+        # tokens from near the target's top so that acceptances happen
+        tokens = torch.multinomial(p[torch.tensor(parents) + 1], 1, generator=g)[:, 0]
+        g1 = torch.Generator().manual_seed(1000 * seed + trial)
+        g2 = torch.Generator().manual_seed(1000 * seed + trial)
+        got = accept_stochastic_tree(tree, tokens, p, q, kinds, g1)
+        path, token = _walk_reference(tree, tokens, p, q, kinds, g2)
+        assert (got.path, got.next_token) == (path, token), (seed, trial, parents)
+
+
 def test_greedy_tree_follows_target_argmax():
     # root children tokens [5, 7]; node 1 (7) -> node 2 (3), node 3 (4)
     tree = Tree.from_parents([-1, -1, 1, 1])
