@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -24,16 +23,19 @@ from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline, probabilities
 from specdec.shaping import AutoShapeController, DraftPlan
 from specdec.stats import GenerationStats
+from specdec.timing import StepClock
 
 
 @dataclass(frozen=True)
 class StepResult:
     """Tokens committed by one step, with the target's scores for each of them.
 
-    tokens: [m] long (1 <= m <= k + 1); scores: [m, V] processed target scores; logits: [m, V] raw.
+    tokens: [m] long (1 <= m <= k + 1) on the device; token_ids: the same tokens on the host;
+    scores: [m, V] processed target scores; logits: [m, V] raw.
     """
 
     tokens: torch.Tensor
+    token_ids: list[int]
     scores: torch.Tensor
     logits: torch.Tensor
     num_drafted: int
@@ -58,6 +60,7 @@ class SpeculativeEngine:
         self.pipeline = pipeline
         self.stats = stats
         self.generator = generator
+        self.clock = StepClock(target.device)  # 0: step start, 1: draft done, 2: verified and judged
         self._steps = 0
 
     def begin(self) -> None:
@@ -83,12 +86,12 @@ class SpeculativeEngine:
         first = self._steps == 0
 
         # 1. propose
-        t0 = time.perf_counter()
+        self.clock.mark(0)
         try:
             draft = self._propose(sequence, max_depth, plan)
         except NonFiniteLogitsError as error:
             raise NonFiniteLogitsError(error.model, self._steps) from None
-        t1 = time.perf_counter()
+        self.clock.mark(1)
         tree = draft.tree
         t = len(draft)
 
@@ -97,13 +100,20 @@ class SpeculativeEngine:
         finite = torch.isfinite(logits).all()  # [] on the device; read with the acceptance
         scores = self.pipeline.scores_tree(sequence, draft.tokens, tree, logits)  # [T + 1, V]
 
-        # 3. accept: the finiteness flag and the rule's outcome reach the host in one sync
+        # 3. accept: one host sync brings the draft's finiteness flag (when its drafter left that to
+        # this sync), the target's, the draft tokens and the rule's outcome
         outcome = acceptance_values(draft, scores, self.pipeline.do_sample, self.generator, finite)
-        ok, *values = torch.cat([finite.long().view(1), outcome]).tolist()
+        self.clock.mark(2)  # before the read below, which then waits for all three marks
+        draft_ok = draft.valid if draft.valid is not None else torch.ones((), dtype=torch.bool)
+        flags = torch.stack([draft_ok.to(finite.device), finite]).long()  # [2]
+        draft_ok, ok, *values = torch.cat([flags, draft.tokens.to(finite.device), outcome]).tolist()
+        draft_ids, values = values[:t], values[t:]
+        if not draft_ok:
+            raise NonFiniteLogitsError("draft", self._steps)
         if not ok:
             raise NonFiniteLogitsError("target", self._steps)
         accepted = accepted_from_values(draft, values, self.pipeline.do_sample)
-        t2 = time.perf_counter()
+        draft_seconds, verify_seconds = self.clock.seconds(0, 1), self.clock.seconds(1, 2)
 
         # 4. commit: the accepted path moves to contiguous cache rows, every other node is dropped
         path = accepted.path
@@ -116,20 +126,24 @@ class SpeculativeEngine:
 
         # 5. observe
         n = len(path)
-        self.stats.draft_time += t1 - t0
-        self.stats.verify_time += t2 - t1
+        self.stats.draft_time += draft_seconds
+        self.stats.verify_time += verify_seconds
         self.stats.record_step(t, tree.depth, n, n + 1)
         if draft.sources is not None:
             self.stats.record_sources(draft.sources, path)
         self.controller.observe_step(
             tree,
             path,
-            None if first or not self.drafter.uses_model else t1 - t0,
-            None if first else t2 - t1,
+            None if first or not self.drafter.uses_model else draft_seconds,
+            None if first else verify_seconds,
             planned=draft.planned,
         )
         self._steps += 1
-        return StepResult(tokens, scores[rows], logits[rows].float(), t, n)
+        token_ids = [draft_ids[node] for node in path] + [accepted.next_token]
+        committed = getattr(self.drafter, "committed", None)  # drafters that search host ids
+        if committed is not None:
+            committed(token_ids)
+        return StepResult(tokens, token_ids, scores[rows], logits[rows].float(), t, n)
 
     def _propose(self, sequence: torch.Tensor, max_depth: int, plan: DraftPlan) -> Draft:
         if max_depth <= 0:

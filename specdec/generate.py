@@ -259,7 +259,7 @@ class SpeculativeModel:
             while generated < max_new_tokens:
                 result = engine.step(sequence, max_new_tokens - generated)
                 tokens, finished = self._cut_at_stop(
-                    sequence, result.tokens, eos_ids, stop, gen_config, start
+                    sequence, result.tokens, result.token_ids, eos_ids, stop, gen_config, start
                 )
                 sequence = torch.cat([sequence, tokens[None]], dim=1)
                 generated += tokens.shape[0]
@@ -374,14 +374,16 @@ class SpeculativeModel:
         self,
         sequence: torch.Tensor,
         tokens: torch.Tensor,
+        token_ids: list[int],
         eos_ids: list[int],
         stop: StoppingCriteriaList,
         config: GenerationConfig,
         start: float,
     ) -> tuple[torch.Tensor, bool]:
-        """Keep tokens up to and including the first stop (EOS, a stopping criterion, max_time)."""
-        for i in range(tokens.shape[0]):
-            if int(tokens[i]) in eos_ids:
+        """Keep tokens up to and including the first stop (EOS, a stopping criterion, max_time).
+        tokens: [m] on the device; token_ids: the same on the host (EOS is found without a sync)."""
+        for i, token in enumerate(token_ids):
+            if token in eos_ids:
                 return tokens[: i + 1], True
             if len(stop):
                 ctx = torch.cat([sequence, tokens[None, : i + 1]], dim=1)

@@ -26,13 +26,17 @@ from specdec.kernels import (  # noqa: E402
     reference_tree_attention,
     resolve_backend,
     tree_attention,
+    triton_available,
 )
 from specdec.tree import Tree  # noqa: E402
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
+# triton installed and able to run the kernel here (on CPU: an interpreter that takes its loops, >= 3.7)
+HAS_TRITON = importlib.util.find_spec("triton") is not None and triton_available(DEVICE)
+needs_triton = pytest.mark.skipif(
+    not HAS_TRITON, reason="the Triton kernel cannot run here (pip install 'triton>=3.7')"
+)
 needs_cuda = pytest.mark.skipif(not (CUDA and HAS_TRITON), reason="needs a CUDA GPU and triton")
 
 #: Absolute error floors (about one unit of rounding at |out| ~ 1) for cases where torch is exact,
@@ -557,3 +561,16 @@ def test_cuda_triton_bf16_fp16(dtype, shape):
         torch.cuda.set_sync_debug_mode(0)
     check_against_reference(q, k, v, prefix_lens, mask, out, lse)
     assert resolve_backend(q, mask) in ("triton",)
+
+
+def test_interpreter_versions_that_cannot_run_the_kernel_are_refused():
+    """triton 3.6's interpreter fails inside the kernel (a loop bound loaded from memory); the
+    backend check refuses it up front instead."""
+    from specdec.kernels.api import interpreter_supported
+
+    assert not interpreter_supported("3.6.0") and not interpreter_supported("2.3.1")
+    assert (
+        interpreter_supported("3.7.0")
+        and interpreter_supported("3.9.0+git1a2b")
+        and interpreter_supported("4.0")
+    )

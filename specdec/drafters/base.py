@@ -7,6 +7,7 @@ from typing import Protocol
 
 import torch
 
+from specdec.errors import NonFiniteLogitsError
 from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
 
@@ -23,6 +24,9 @@ class Draft:
     sources: optional names of the sources that proposed each node (per-source statistics).
     planned: optional, per node, whether it belongs to the run-time planned tree (the rest, e.g.
         n-gram nodes merged in, do not count in the planner's acceptance-per-rank statistics).
+    valid: optional [] bool on the device, False when the draft model's logits were not finite; a
+        drafter that did not read it itself leaves it to its caller's next host sync, which must
+        raise NonFiniteLogitsError("draft") (the tokens are then meaningless).
     """
 
     tokens: torch.Tensor
@@ -31,6 +35,7 @@ class Draft:
     kinds: torch.Tensor | None = None
     sources: list[tuple[str, ...]] | None = None
     planned: list[bool] | None = None
+    valid: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tree is None:
@@ -40,6 +45,17 @@ class Draft:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+
+def draft_tokens_on_host(draft: Draft) -> list[int]:
+    """The draft's tokens as host ints, its `valid` flag read in the same sync (raises
+    NonFiniteLogitsError("draft") when the draft model's logits were not finite)."""
+    if draft.valid is None:
+        return draft.tokens.tolist()
+    ok, *tokens = torch.cat([draft.valid.long().view(1), draft.tokens.to(draft.valid.device)]).tolist()
+    if not ok:
+        raise NonFiniteLogitsError("draft")
+    return tokens
 
 
 class Drafter(Protocol):
@@ -63,4 +79,7 @@ class Drafter(Protocol):
 
     def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
         """After verification: the first `committed_length` tokens were committed before this step and
-        the draft nodes on `path` (root first) were accepted; anything else the drafter holds is stale."""
+        the draft nodes on `path` (root first) were accepted; anything else the drafter holds is stale.
+
+        A drafter may also define `committed(token_ids: list[int])`: the engine then hands it the
+        step's committed tokens as host ints (read in the step's one sync), e.g. for n-gram search."""

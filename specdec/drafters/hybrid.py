@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from specdec.acceptance import NodeKind
-from specdec.drafters.base import Draft
+from specdec.drafters.base import Draft, draft_tokens_on_host
 from specdec.drafters.model import ModelDrafter, TreeShape
 from specdec.drafters.prompt_lookup import PromptLookupDrafter, find_continuations
 from specdec.sampling import LogitsPipeline
@@ -82,6 +82,7 @@ class HybridDrafter:
 
     def begin(self) -> None:
         self.model.begin()
+        self.lookup.begin()
         self._sources = []
         self._passthrough = False
         self._ngram_gain = 0.5
@@ -101,12 +102,17 @@ class HybridDrafter:
         alpha = min(self._copy_accepted / self._copy_judged, 0.999)
         return [alpha ** (j + 1) for j in range(longest)]
 
+    def committed(self, token_ids: list[int]) -> None:
+        """The tokens the step committed (host ids, from the engine's sync)."""
+        self.lookup.committed(token_ids)
+
     def _continuations(self, sequence: torch.Tensor, depth: int) -> list[torch.Tensor]:
         """This step's n-gram continuations (cached for the step's sequence and depth)."""
         key = (sequence.shape[1], depth)
         if self._cached_key != key:
+            ids = self.lookup.history.view(sequence)  # [N] host
             self._cached = find_continuations(
-                sequence[0], depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
+                ids, depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
             )
             self._cached_key = key
         return self._cached
@@ -167,8 +173,9 @@ class HybridDrafter:
                 shape = TreeShape(mode="dynamic", budget=budget, branch=4, beam=4, deterministic=True)
                 model_depth = min(max_depth, self.model_depth)
             draft = self.model.propose_shaped(shape, sequence, model_depth, pipeline, generator)
+            model_tokens = draft_tokens_on_host(draft)
             merged: dict[int, int] = {}
-            for i, (parent, token) in enumerate(zip(draft.tree.parents, draft.tokens.tolist(), strict=True)):
+            for i, (parent, token) in enumerate(zip(draft.tree.parents, model_tokens, strict=True)):
                 merged[i] = insert(merged[parent] if parent >= 0 else -1, token, MODEL, i)
         for continuation in candidates:
             node = -1

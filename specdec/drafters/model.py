@@ -48,6 +48,19 @@ class _Node:
     template: int = -1  # node of the static tree it instantiates
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """One parent's proposed children before the host has read them."""
+
+    parent: int
+    parent_lp: float
+    count: int
+    kind: NodeKind
+    q_row: torch.Tensor | None  # [V] the distribution the children were drawn from
+    template_kids: list[int] | None  # the static tree's nodes they instantiate
+    packed: torch.Tensor  # [2 + 2 count] double on the device: finite, allowed, tokens, log q
+
+
 class ModelDrafter:
     """Draft tokens from a small causal LM.
 
@@ -124,17 +137,27 @@ class ModelDrafter:
         self._node_rows = {}
         pending = sequence[0, self.runner.length :]  # [m] committed tokens the draft has not seen
         root_logits = self.runner.extend(pending, num_logits=1)  # [1, V_draft]
+        if self.shape.mode == "chain" or (self.shape.mode == "static" and self.shape.tree.is_chain):
+            depth = max_depth if self.shape.mode == "chain" else min(max_depth, len(self.shape.tree))
+            return self._propose_line(sequence, depth, pipeline, generator, root_logits)
         nodes: list[_Node] = []
         contexts: dict[int, torch.Tensor] = {-1: sequence}  # node -> [1, N + depth] tokens up to it
         expand = [(-1, root_logits)]  # nodes whose children are chosen at this depth, with logits
         for depth in range(1, max_depth + 1):
             created: list[int] = []
+            choices = []
             for parent, logits in expand:
-                finite = torch.isfinite(logits).all()  # [] on the device, read with the choice below
+                finite = torch.isfinite(logits).all()  # [] on the device, read with the choices below
                 scores = pipeline.scores(contexts[parent], self._target_vocab(logits))  # [1, V]
-                for child in self._children(
-                    parent, nodes, scores, depth, pipeline.do_sample, generator, finite
-                ):
+                choices.append(self._choose(parent, nodes, scores, pipeline.do_sample, generator, finite))
+            # every parent's choice, log-probabilities and finiteness flag reach the host in one sync
+            values = torch.cat([choice.packed for choice in choices]).tolist()
+            offset = 0
+            for choice in choices:
+                size = choice.packed.shape[0]
+                children = self._children(choice, values[offset : offset + size], depth)
+                offset += size
+                for child in children:
                     nodes.append(child)
                     index = len(nodes) - 1
                     created.append(index)
@@ -152,22 +175,61 @@ class ModelDrafter:
             nodes = self._keep_best(nodes)
         return self._draft(nodes, pipeline.do_sample, sequence.device)
 
+    def _propose_line(
+        self,
+        sequence: torch.Tensor,
+        depth: int,
+        pipeline: LogitsPipeline,
+        generator: torch.Generator | None,
+        logits: torch.Tensor,
+    ) -> Draft:
+        """A chain of `depth` tokens without reading the device: each token is fed back as a device
+        tensor, and whether every pass gave finite logits travels in `Draft.valid` (read by the
+        caller with its own values). logits: [1, V_draft] after the committed sequence."""
+        if depth <= 0:
+            return Draft(sequence.new_empty(0))
+        committed = sequence.shape[1]
+        sampled = pipeline.do_sample and not self.shape.deterministic
+        context = sequence  # [1, N + d]
+        tokens, q_rows, finite = [], [], []
+        for d in range(1, depth + 1):
+            finite.append(torch.isfinite(logits).all())  # []
+            scores = pipeline.scores(context, self._target_vocab(logits))  # [1, V]
+            if sampled:
+                q = probabilities(scores)[0]  # [V]
+                # a non-finite q is reported through `valid`; draw from something valid meanwhile
+                token = sample(torch.where(torch.isfinite(q).all(), q, torch.ones_like(q)), generator).view(1)
+                q_rows.append(q)
+            else:
+                token = torch.topk(torch.log_softmax(scores[0], dim=-1), 1).indices  # [1]
+            tokens.append(token)
+            context = torch.cat([context, token.view(1, 1).to(context.device)], dim=1)
+            if d < depth:
+                self._node_rows[d - 1] = self.runner.length
+                position = torch.tensor([committed - 1 + d], device=self.runner.device)
+                logits = self.runner.extend(token.to(self.runner.device), num_logits=1, positions=position)
+        kind = NodeKind.SAMPLED if sampled else NodeKind.DETERMINISTIC
+        return Draft(
+            torch.cat(tokens).to(sequence.device),  # [depth]
+            torch.stack(q_rows) if sampled else None,  # [depth, V]
+            kinds=torch.full((depth,), int(kind), dtype=torch.long),
+            valid=torch.stack(finite).all(),
+        )
+
     def _target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, : self.target_vocab_size].to(self.target_device)
 
-    def _children(
+    def _choose(
         self,
         parent: int,
         nodes: list[_Node],
         scores: torch.Tensor,
-        depth: int,
         do_sample: bool,
         generator: torch.Generator | None,
         finite: torch.Tensor,
-    ) -> list[_Node]:
-        """Tokens proposed below `parent` from its processed draft scores ([1, V]); `finite` ([] bool)
-        says whether the draft's logits were finite. The choice, the log-probabilities and that flag
-        reach the host together, in one sync per parent."""
+    ) -> _Choice:
+        """Tokens proposed below `parent` from its processed draft scores ([1, V]), still on the
+        device; `finite` ([] bool) says whether the draft's logits were finite."""
         mode = self.shape.mode
         parent_lp = nodes[parent].log_prob if parent >= 0 else 0.0
         if mode == "chain":
@@ -179,9 +241,8 @@ class ModelDrafter:
         else:
             count, template_kids = self.shape.branch, None
         if count == 0:
-            if not bool(finite):
-                raise NonFiniteLogitsError("draft")
-            return []
+            packed = torch.stack([finite.double(), finite.new_zeros((), dtype=torch.double)])  # [2]
+            return _Choice(parent, parent_lp, 0, NodeKind.DETERMINISTIC, None, None, packed)
         log_q = torch.log_softmax(scores[0], dim=-1)  # [V]
         count = min(count, log_q.shape[0])
         allowed = torch.isfinite(log_q).sum()  # []
@@ -198,24 +259,26 @@ class ModelDrafter:
             tokens = torch.topk(log_q, count).indices
             kind, q_row = NodeKind.DETERMINISTIC, None
         flags = torch.stack([finite.double(), allowed.double()])  # [2]
-        packed = torch.cat([flags, tokens.double(), log_q[tokens].double()]).tolist()  # one sync
-        if not packed[0]:
+        packed = torch.cat([flags, tokens.double(), log_q[tokens].double()])  # [2 + 2 count]
+        return _Choice(parent, parent_lp, count, kind, q_row, template_kids, packed)
+
+    def _children(self, choice: _Choice, values: list[float], depth: int) -> list[_Node]:
+        """The children of `choice` from its packed values read on the host."""
+        if not values[0]:
             raise NonFiniteLogitsError("draft")
-        n, kept = tokens.numel(), min(count, int(packed[1]))
-        children = []
-        for rank in range(kept):
-            children.append(
-                _Node(
-                    parent=parent,
-                    token=int(packed[2 + rank]),
-                    kind=kind,
-                    q_row=q_row,
-                    log_prob=parent_lp + packed[2 + n + rank],
-                    depth=depth,
-                    template=template_kids[rank] if template_kids is not None else -1,
-                )
+        n, kept = choice.count, min(choice.count, int(values[1]))
+        return [
+            _Node(
+                parent=choice.parent,
+                token=int(values[2 + rank]),
+                kind=choice.kind,
+                q_row=choice.q_row,
+                log_prob=choice.parent_lp + values[2 + n + rank],
+                depth=depth,
+                template=choice.template_kids[rank] if choice.template_kids is not None else -1,
             )
-        return children
+            for rank in range(kept)
+        ]
 
     def _nodes_to_expand(self, nodes: list[_Node], created: list[int], depth: int) -> list[int]:
         """Nodes of this depth whose children the next depth proposes."""

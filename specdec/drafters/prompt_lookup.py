@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from specdec.drafters.base import Draft
+from specdec.drafters.history import HostHistory
 from specdec.sampling import LogitsPipeline
 
 
@@ -66,9 +67,10 @@ class PromptLookupDrafter:
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
+        self.history = HostHistory()  # the search runs on host ids: no device read per step
 
     def begin(self) -> None:
-        """Stateless."""
+        self.history.reset()
 
     def propose(
         self,
@@ -77,10 +79,16 @@ class PromptLookupDrafter:
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
     ) -> Draft:
-        return Draft(find_continuation(sequence[0], max_depth, self.max_ngram, self.min_ngram), None)
+        ids = self.history.view(sequence)  # [N] host
+        copy = find_continuation(ids, max_depth, self.max_ngram, self.min_ngram)  # [<= max_depth]
+        return Draft(copy.to(sequence.device), None)
+
+    def committed(self, token_ids: list[int]) -> None:
+        """The tokens the step committed (host ids, from the engine's sync)."""
+        self.history.extend(token_ids)
 
     def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
-        """Stateless."""
+        """Nothing to keep: the committed tokens arrive through `committed`."""
 
 
 class NoDrafter:

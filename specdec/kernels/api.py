@@ -47,10 +47,24 @@ def triton_available(device: torch.device | str = "cuda") -> bool:
     if device.type == "cpu" and kernel_module is not None and not kernel_module.INTERPRETED:
         return False  # the kernels were already compiled for a GPU; they cannot take CPU tensors
     try:
-        import triton  # noqa: F401
+        import triton
     except Exception:
         return False
-    return True
+    return device.type == "cuda" or interpreter_supported(triton.__version__)
+
+
+#: The oldest triton whose CPU interpreter runs the kernel: 3.6's cannot take a loop bound loaded
+#: from memory (the per-row prefix length), which compiled kernels take on every version.
+MIN_INTERPRETER_TRITON = (3, 7)
+
+
+def interpreter_supported(version: str) -> bool:
+    """Whether triton `version`'s CPU interpreter (TRITON_INTERPRET=1) can run the tree kernel."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts) >= MIN_INTERPRETER_TRITON
 
 
 def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
@@ -99,7 +113,8 @@ def _choose_backend(requested: str | None, q: torch.Tensor, chain: bool) -> str:
         if not triton_available(q.device):
             raise RuntimeError(
                 f"attention backend 'triton' cannot run on {q.device}: it needs CUDA and triton, or "
-                "TRITON_INTERPRET=1 set before triton is imported (CPU, slow; for tests)."
+                "TRITON_INTERPRET=1 set before triton is imported and triton >= "
+                f"{'.'.join(map(str, MIN_INTERPRETER_TRITON))} (CPU, slow; for tests)."
             )
         if not _triton_takes(q):
             raise ValueError(
