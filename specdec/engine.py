@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +88,7 @@ class SpeculativeEngine:
 
         # 1. propose
         self.clock.mark(0)
+        step_start = time.perf_counter()
         try:
             draft = self._propose(sequence, max_depth, plan)
         except NonFiniteLogitsError as error:
@@ -131,11 +133,14 @@ class SpeculativeEngine:
         self.stats.record_step(t, tree.depth, n, n + 1)
         if draft.sources is not None:
             self.stats.record_sources(draft.sources, path)
+        # the planner weighs whole steps: all but the draft's time counts as verifying (the host's
+        # reading, deciding and committing included), by the wall clock, which the sync aligned
+        rest_of_step = time.perf_counter() - step_start - draft_seconds
         self.controller.observe_step(
             tree,
             path,
             None if first or not self.drafter.uses_model else draft_seconds,
-            None if first else verify_seconds,
+            None if first else rest_of_step,
             planned=draft.planned,
         )
         self._steps += 1
