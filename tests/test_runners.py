@@ -91,9 +91,10 @@ def test_trees_fit_at_the_end_of_the_context():
 
 
 def test_direct_module_calls_equal_the_modules(model):
-    """The functional fast path (F.linear on the weights, rotary table) computes what the modules do,
-    and is off when accelerate hooks could move or load weights."""
+    """The functional fast path (F.linear on the weights, F.rms_norm, rotary table) computes what the
+    modules do, and is off when accelerate hooks could move or load weights."""
     from accelerate.hooks import ModelHook, add_hook_to_module
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     from specdec.models.module_calls import ModuleCalls, can_call_directly
 
@@ -103,10 +104,15 @@ def test_direct_module_calls_equal_the_modules(model):
     x = torch.randn(2, 5, model.config.hidden_size)
     assert torch.allclose(calls.linear(layer.self_attn.q_proj, x), layer.self_attn.q_proj(x), atol=1e-6)
     assert torch.allclose(calls.mlp(layer.mlp, x), layer.mlp(x), atol=1e-6)
+    assert torch.allclose(calls.norm(layer.input_layernorm, x), layer.input_layernorm(x), atol=1e-6)
     positions = torch.tensor([[0, 7, 299, 3, 3], [1, 2, 3, 4, 5]])
-    cos, sin = calls.cos_sin(x, positions)
+    cos, sin = calls.cos_sin(x, positions)  # the table's form: the sign of rotate_half sits in sin
     want_cos, want_sin = model.model.rotary_emb(x, positions)
-    assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin)
+    heads, kv_heads, dim = model.config.num_attention_heads, model.config.num_key_value_heads, cos.shape[-1]
+    q, k = torch.randn(2, heads, 5, dim), torch.randn(2, kv_heads, 5, dim)
+    got_q, got_k = calls.rotate(q, k, cos, sin)
+    want_q, want_k = apply_rotary_pos_emb(q, k, want_cos, want_sin)
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
 
     hooked = tiny_llama(seed=3)
     add_hook_to_module(hooked.model.layers[0].mlp, ModelHook())

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from specdec.kernels import dense_tree_mask, resolve_backend, tree_attention
 from specdec.models.module_calls import ModuleCalls
@@ -254,7 +253,7 @@ class LlamaRunner:
         else:
             rows = logit_rows.to(hidden.device)[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, r, H]
             picked = hidden.gather(1, rows)
-        return self.model.lm_head(self._inner.norm(picked))  # [B, r, V]
+        return self._calls.linear(self.model.lm_head, self._calls.norm(self._inner.norm, picked))  # [B, r, V]
 
     def _extend_static(self, tokens, counts, positions, attention, logit_rows, starts) -> torch.Tensor:
         """`extend_rows` as a fixed-shape pass: the block padded to its bucket, inputs on the device."""
@@ -297,7 +296,7 @@ class LlamaRunner:
         slots = starts[:, None] + torch.arange(n, device=tokens.device)  # [B, n] cache positions
         attend = _Block([], n, 0, slots, kernel=True, tree_mask=block, prefix_lens=starts)
         hidden = self._decoder_layers(hidden, cos, sin, attend)
-        return self.model.lm_head(self._inner.norm(hidden))  # [B, n, V]
+        return self._calls.linear(self.model.lm_head, self._calls.norm(self._inner.norm, hidden))  # [B, n, V]
 
     def _run_compiled(
         self, tokens, counts, starts, slots, positions, attention, width, logit_rows
@@ -368,9 +367,11 @@ class LlamaRunner:
     def _decoder_layers(self, hidden: torch.Tensor, cos, sin, block: _Block) -> torch.Tensor:
         """Every decoder layer over hidden [B, n, H] (cos, sin [B, n, D]); writes the cache."""
         for index, layer in enumerate(self._layers):
-            normed = layer.input_layernorm(hidden)
+            normed = self._calls.norm(layer.input_layernorm, hidden)
             hidden = hidden + self._attention(index, layer, normed, cos, sin, block)
-            hidden = hidden + self._calls.mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+            hidden = hidden + self._calls.mlp(
+                layer.mlp, self._calls.norm(layer.post_attention_layernorm, hidden)
+            )
         return hidden
 
     def _allocate(self, dtype: torch.dtype) -> None:
@@ -453,7 +454,7 @@ class LlamaRunner:
             linear(attn.k_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
         )  # [B, Hkv, n, D]
         v = linear(attn.v_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = self._calls.rotate(q, k, cos, sin)
         keys, values = self._keys[index][:batch], self._values[index][:batch]  # [B, Hkv, capacity, D]
         if block.slots is None:  # every row starts at the same position
             start = block.starts[0]
