@@ -215,15 +215,23 @@ def stochastic_tree_outcome(
     q: torch.Tensor | None,
     kinds: torch.Tensor | None,
     generator: torch.Generator | None = None,
+    parallel: bool | None = None,
 ) -> torch.Tensor:
-    """`accept_stochastic_tree` without leaving the device: [depth + 1] long, the accepted path's
-    nodes root first (-1 after its end), then the appended token; `stochastic_tree_result` reads it.
+    """`accept_stochastic_tree`'s outcome as a tensor on p's device: [depth + 1] long, the accepted
+    path's nodes root first (-1 after its end), then the appended token (`stochastic_tree_result`
+    reads it).
 
-    The rule is `walk_tree`'s, evaluated for every node at once: a node's target distribution does not
-    depend on how the walk reached it, so each parent's children can be judged in rank order (a coin
-    per child against the residual left by its elder siblings), all parents side by side; the walk
-    then follows, from the root, each node's first accepted child. Same uniforms, same arithmetic.
+    parallel (default: off on CPU, on elsewhere) evaluates the rule without leaving the device:
+    a node's target distribution does not depend on how the walk reached it, so each parent's
+    children can be judged in rank order (a coin per child against the residual left by its elder
+    siblings), all parents side by side; the walk then follows, from the root, each node's first
+    accepted child. Same uniforms, same arithmetic as `walk_tree`, which runs instead on CPU, where
+    reading values costs nothing and only the visited nodes' residuals are computed.
     """
+    if parallel is None:
+        parallel = p.device.type != "cpu"
+    if not parallel:
+        return _walked_outcome(tree, tokens, p, q, kinds, generator)
     t = len(tree)
     device, dtype = p.device, p.dtype
     u = torch.rand(t, generator=generator, device=device, dtype=dtype) if t else p.new_empty(0)  # [T]
@@ -239,9 +247,10 @@ def stochastic_tree_outcome(
     table = tree.children_table  # [T + 1, C] host: row i + 1 lists node i's children, -1 padded
     if t == 0:
         return sample(p[0], generator).to(torch.long).view(1)
+    families = [(parent + 1, kids) for parent, kids in tree.children.items() if kids]  # host lists
     for rank in range(table.shape[1]):
-        rows = [r for r in range(t + 1) if table[r, rank] >= 0]
-        children = [int(table[r, rank]) for r in rows]
+        rows = [row for row, kids in families if len(kids) > rank]
+        children = [kids[rank] for _, kids in families if len(kids) > rank]
         rows_t = torch.tensor(rows, device=device)  # [R]
         children_t = torch.tensor(children, device=device)  # [R]
         x_r = x[children_t]  # [R]
@@ -283,6 +292,23 @@ def stochastic_tree_outcome(
         node = torch.where(step >= 0, step, node)
     token = sample(p_left[node + 1], generator)  # []
     return torch.stack([*path, token.to(torch.long)])
+
+
+def _walked_outcome(
+    tree: Tree,
+    tokens: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    kinds: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """`stochastic_tree_outcome` by `walk_tree` on the host (the same draws, in the same order)."""
+    t = len(tree)
+    u = torch.rand(t, generator=generator, device=p.device, dtype=p.dtype).tolist() if t else []
+    path, final = walk_tree(tree, tokens, p, q, kinds, lambda node, prob: u[node] < prob)
+    token = sample(final, generator)  # []
+    padded = torch.tensor(list(path) + [-1] * (tree.depth - len(path)), dtype=torch.long, device=p.device)
+    return torch.cat([padded, token.to(device=p.device, dtype=torch.long).view(1)])
 
 
 def stochastic_tree_result(values: list[int]) -> Accepted:

@@ -14,7 +14,8 @@ that records the distribution handed to `sample`. For the chain the branch proba
 test's own min(1, p / q), so a wrong threshold in the library shows up as a branch it did not take.
 For trees `walk_tree(coin)` exposes each coin; the tree's draft tokens are enumerated lazily (only
 nodes the walk visits get a token), and every enumerated outcome is replayed through
-`accept_stochastic_tree`, which must take the same path and hand the same distribution to `sample`.
+`accept_stochastic_tree`, which must take the same path and hand the same distribution to `sample`,
+and through the rule's all-nodes-at-once form (`stochastic_tree_outcome(parallel=True)`, the GPU path).
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from hypothesis import strategies as st
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from specdec import acceptance
-from specdec.acceptance import NodeKind, accept_stochastic_chain, accept_stochastic_tree, walk_tree
+from specdec.acceptance import (
+    NodeKind,
+    accept_stochastic_chain,
+    accept_stochastic_tree,
+    stochastic_tree_outcome,
+    stochastic_tree_result,
+    walk_tree,
+)
 from specdec.tree import Tree
 
 TOL = 1e-9
@@ -359,6 +367,12 @@ def tree_step_joint(tree: Tree, kinds: list[NodeKind], tables: Tables, replay: b
             with scripted(uniforms, handed):
                 result = accept_stochastic_tree(tree, tokens, p_rows, q_rows, kinds_t)
             assert result.path == path and len(handed) == 1 and torch.equal(handed[0], final)
+            # the same outcome from the rule's all-nodes-at-once form (what runs on GPUs)
+            handed = []
+            with scripted(uniforms, handed):
+                values = stochastic_tree_outcome(tree, tokens, p_rows, q_rows, kinds_t, parallel=True)
+            assert stochastic_tree_result(values.tolist()).path == path
+            assert len(handed) == 1 and torch.equal(handed[0], final)
         _add(out, tables, tuple(assign[i] for i in path), final.numpy(), weight, depth + 1)
     return out
 
