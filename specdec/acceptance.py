@@ -16,6 +16,10 @@ import torch
 from specdec.sampling import residual, sample
 from specdec.tree import Tree
 
+#: The stochastic tree rule walks node by node on the host when p is on the CPU (see
+#: `stochastic_tree_outcome`); tests switch this off to run the device form there.
+WALK_ON_CPU = True
+
 
 class NodeKind(IntEnum):
     """How a draft token was proposed; the stochastic rule treats each kind exactly."""
@@ -229,7 +233,7 @@ def stochastic_tree_outcome(
     reading values costs nothing and only the visited nodes' residuals are computed.
     """
     if parallel is None:
-        parallel = p.device.type != "cpu"
+        parallel = p.device.type != "cpu" or not WALK_ON_CPU
     if not parallel:
         return _walked_outcome(tree, tokens, p, q, kinds, generator)
     t = len(tree)

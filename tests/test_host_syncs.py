@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import specdec
+from specdec import acceptance
 from tests.device_reads import DeviceReads, mark_device_values
 from tests.tiny_models import prompt, tiny_llama
 
@@ -61,8 +62,9 @@ def test_chains_and_prompt_lookup_read_the_device_once_per_step(pair, strategy, 
     "strategy, options", [("tree", {"tree": (2, 2, 1)}), ("dynamic-tree", {})], ids=["static", "dynamic"]
 )
 def test_model_trees_read_the_device_once_per_draft_depth_and_once_per_step(
-    pair, strategy, options, do_sample
+    pair, strategy, options, do_sample, monkeypatch
 ):
+    monkeypatch.setattr(acceptance, "WALK_ON_CPU", False)  # the rule's device form, as on a GPU
     target, draft = pair
     model = specdec.wrap(target, draft, strategy, **options)
     reads, steps = _reads_and_steps(model, do_sample)
