@@ -27,10 +27,13 @@ AREAS = {
     "test_generate_greedy": "Chain / prompt lookup greedy == target generate(), EOS, lengths, processors",
     "test_generate_sampling": "Sampling through generate(): chi-square vs exact target probabilities, seeds",
     "test_tree_generate": "Tree verification logits, cache compaction, greedy identity, tree sampling",
+    "test_host_syncs": "Host reads of device values per step (counted by taint): chains and prompt lookup 1, "
+    "trees at most depth + 1",
     "test_hybrid": "Hybrid trees: greedy identity, chi-square, per-source statistics",
+    "test_timing": "Step phases timed on the device's timeline (host clock on CPU; CUDA-event twin skipped)",
     "test_shaping": "Run-time tree planning: optimality by brute force, cost model, controller",
     "test_runners": "specdec runner vs transformers forward (1e-5), runtimes, generic models",
-    "test_compiled_runner": "runtime=\"compiled\" (torch.compile) passes equal eager passes (1e-5), "
+    "test_compiled_runner": 'runtime="compiled" (torch.compile) passes equal eager passes (1e-5), '
     "one row and batches; greedy generate() identical; no C++ compiler: clear error",
     "test_fuzz_generate": "Hypothesis fuzz of wrap()/generate(): greedy identity for any options",
     "test_numerics": "NaN/inf logits: named errors, recovery",
