@@ -54,7 +54,7 @@ def test_chains_and_prompt_lookup_read_the_device_once_per_step(pair, strategy, 
     reads, steps = _reads_and_steps(model, do_sample)
     # one per step; prompt lookup also reads the prompt's ids once per generation
     allowed = steps + (1 if strategy == "prompt-lookup" else 0)
-    assert steps >= 5 and reads.count <= allowed, (steps, reads.where)
+    assert steps >= 3 and reads.count <= allowed, (steps, reads.where)  # >= 3: at most 9 tokens a step
 
 
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampling"])

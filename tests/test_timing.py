@@ -15,8 +15,9 @@ def test_cpu_clock_measures_the_work_between_marks():
     clock.mark(1)
     time.sleep(0.05)
     clock.mark(2)
-    assert 0.015 < clock.seconds(0, 1) < 0.045
-    assert 0.045 < clock.seconds(1, 2) < 0.2
+    # sleeps never end early; a loaded machine may wake late (generous upper bounds)
+    assert 0.019 < clock.seconds(0, 1) < 1.0
+    assert 0.049 < clock.seconds(1, 2) < 1.0
     assert clock.seconds(0, 2) == pytest.approx(clock.seconds(0, 1) + clock.seconds(1, 2))
 
 
