@@ -237,8 +237,10 @@ def stochastic_tree_outcome(
     if not parallel:
         return _walked_outcome(tree, tokens, p, q, kinds, generator)
     t = len(tree)
+    if t == 0:
+        return sample(p[0], generator).to(torch.long).view(1)
     device, dtype = p.device, p.dtype
-    u = torch.rand(t, generator=generator, device=device, dtype=dtype) if t else p.new_empty(0)  # [T]
+    u = torch.rand(t, generator=generator, device=device, dtype=dtype)  # [T]
     if kinds is None:
         kind_list = [NodeKind.SAMPLED if q is not None else NodeKind.DETERMINISTIC] * t
     else:
@@ -249,8 +251,6 @@ def stochastic_tree_outcome(
     q_without = torch.zeros_like(p)  # [T + 1, V] per parent: q less its siblings drawn so far
     accepted = torch.zeros(t + 1, dtype=torch.bool, device=device)  # [T + 1]; the last stays False
     table = tree.children_table  # [T + 1, C] host: row i + 1 lists node i's children, -1 padded
-    if t == 0:
-        return sample(p[0], generator).to(torch.long).view(1)
     families = [(parent + 1, kids) for parent, kids in tree.children.items() if kids]  # host lists
     for rank in range(table.shape[1]):
         rows = [row for row, kids in families if len(kids) > rank]

@@ -121,9 +121,8 @@ class SpeculativeEngine:
         path = accepted.path
         self.target.compact(n_committed, [n_committed + node for node in path])
         self.drafter.observe(n_committed, path)
-        index = torch.tensor(path, dtype=torch.long, device=draft.tokens.device)
-        new_token = torch.tensor([accepted.next_token], dtype=sequence.dtype, device=sequence.device)
-        tokens = torch.cat([draft.tokens[index].to(sequence.device), new_token])  # [n + 1]
+        token_ids = [draft_ids[node] for node in path] + [accepted.next_token]  # on the host already
+        tokens = torch.tensor(token_ids, dtype=sequence.dtype, device=sequence.device)  # [n + 1]
         rows = torch.tensor([0] + [node + 1 for node in path], device=scores.device)
 
         # 5. observe
@@ -144,7 +143,6 @@ class SpeculativeEngine:
             planned=draft.planned,
         )
         self._steps += 1
-        token_ids = [draft_ids[node] for node in path] + [accepted.next_token]
         committed = getattr(self.drafter, "committed", None)  # drafters that search host ids
         if committed is not None:
             committed(token_ids)

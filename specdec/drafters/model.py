@@ -230,11 +230,9 @@ class ModelDrafter:
     ) -> _Choice:
         """Tokens proposed below `parent` from its processed draft scores ([1, V]), still on the
         device; `finite` ([] bool) says whether the draft's logits were finite."""
-        mode = self.shape.mode
+        mode = self.shape.mode  # "static" or "dynamic" (chains are drafted by `_propose_line`)
         parent_lp = nodes[parent].log_prob if parent >= 0 else 0.0
-        if mode == "chain":
-            count, template_kids = 1, None
-        elif mode == "static":
+        if mode == "static":
             template = nodes[parent].template if parent >= 0 else -1
             template_kids = self.shape.tree.children_of(template)
             count = len(template_kids)
@@ -247,14 +245,9 @@ class ModelDrafter:
         count = min(count, log_q.shape[0])
         allowed = torch.isfinite(log_q).sum()  # []
         if do_sample and mode != "dynamic" and not self.shape.deterministic:
-            q = probabilities(scores)[0]  # [V]
-            if mode == "chain":  # (non-finite logits are reported below; draw from something valid)
-                tokens = sample(torch.where(finite, q, torch.ones_like(q)), generator).view(1)
-                kind = NodeKind.SAMPLED
-            else:  # `count` draws without replacement from q (the first `allowed` kept)
-                tokens = sample_without_replacement(log_q, count, generator)  # [count]
-                kind = NodeKind.SAMPLED_WITHOUT_REPLACEMENT
-            q_row = q
+            # `count` draws without replacement from q (the first `allowed` kept)
+            tokens = sample_without_replacement(log_q, count, generator)  # [count]
+            kind, q_row = NodeKind.SAMPLED_WITHOUT_REPLACEMENT, probabilities(scores)[0]  # q: [V]
         else:
             tokens = torch.topk(log_q, count).indices
             kind, q_row = NodeKind.DETERMINISTIC, None
@@ -282,10 +275,7 @@ class ModelDrafter:
 
     def _nodes_to_expand(self, nodes: list[_Node], created: list[int], depth: int) -> list[int]:
         """Nodes of this depth whose children the next depth proposes."""
-        mode = self.shape.mode
-        if mode == "chain":
-            return created
-        if mode == "static":
+        if self.shape.mode == "static":
             return [i for i in created if self.shape.tree.children_of(nodes[i].template)]
         best = sorted(created, key=lambda i: (-nodes[i].log_prob, i))
         return sorted(best[: self.shape.beam])
@@ -297,7 +287,8 @@ class ModelDrafter:
         tokens = torch.tensor([nodes[n].token for n in to_feed], device=self.runner.device)
         positions = torch.tensor([committed - 1 + nodes[n].depth for n in to_feed], device=self.runner.device)
         if len(to_feed) == 1 and set(fed_rows) == set(self._ancestors(nodes, to_feed[0])):
-            # a line (every chain step): everything cached is visible, the runner's plain causal pass
+            # a line (a tree that is one node wide so far): everything cached is visible, the runner's
+            # plain causal pass
             # (no mask to build; a fixed-shape pass a CUDA graph can replay)
             self._node_rows[to_feed[0]] = start
             return self.runner.extend(tokens, num_logits=1, positions=positions)

@@ -253,7 +253,11 @@ class LlamaRunner:
         else:
             rows = logit_rows.to(hidden.device)[:, :, None].expand(-1, -1, hidden.shape[-1])  # [B, r, H]
             picked = hidden.gather(1, rows)
-        return self._calls.linear(self.model.lm_head, self._calls.norm(self._inner.norm, picked))  # [B, r, V]
+        return self._head(picked)  # [B, r, V]
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final norm and the LM head: hidden [B, r, H] -> logits [B, r, V]."""
+        return self._calls.linear(self.model.lm_head, self._calls.norm(self._inner.norm, hidden))
 
     def _extend_static(self, tokens, counts, positions, attention, logit_rows, starts) -> torch.Tensor:
         """`extend_rows` as a fixed-shape pass: the block padded to its bucket, inputs on the device."""
@@ -296,7 +300,7 @@ class LlamaRunner:
         slots = starts[:, None] + torch.arange(n, device=tokens.device)  # [B, n] cache positions
         attend = _Block([], n, 0, slots, kernel=True, tree_mask=block, prefix_lens=starts)
         hidden = self._decoder_layers(hidden, cos, sin, attend)
-        return self._calls.linear(self.model.lm_head, self._calls.norm(self._inner.norm, hidden))  # [B, n, V]
+        return self._head(hidden)  # [B, n, V]
 
     def _run_compiled(
         self, tokens, counts, starts, slots, positions, attention, width, logit_rows
