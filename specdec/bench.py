@@ -52,14 +52,23 @@ def distinct_ngram_ratio(tokens: Sequence[int], n: int = 4) -> float:
 def baseline_methods(
     target, draft, names: Sequence[str], gen_kwargs: dict, runtime: str = "auto"
 ) -> dict[str, Method]:
-    """transformers' own decoding methods (and specdec's runner with speculation off, on `runtime`)."""
+    """transformers' own decoding methods (and specdec's runner with speculation off, on `runtime`).
+
+    Raises ValueError for an unknown name, and for an assisted-generation baseline without a draft
+    (transformers would run the target alone under that name).
+    """
     methods: dict[str, Method] = {}
     for name in names:
+        if name.startswith("hf-assisted") and draft is None:
+            raise ValueError(
+                f"baseline {name!r} needs a draft model: assisted generation without one is the target "
+                "alone. Pass a draft, or leave the baseline out."
+            )
         if name == "target":
             methods[name] = lambda ids: (target.generate(ids, **gen_kwargs), None)
         elif name == "hf-assisted":
             methods[name] = lambda ids: (target.generate(ids, assistant_model=draft, **gen_kwargs), None)
-        elif name.startswith("hf-assisted-k"):
+        elif name.startswith("hf-assisted-k") and name.removeprefix("hf-assisted-k").isdigit():
             k = int(name.removeprefix("hf-assisted-k"))
 
             def assisted(ids, k=k):

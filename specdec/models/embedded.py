@@ -8,7 +8,8 @@ machine without a GPU or network; the same code runs unchanged on real TinyLlama
 Contract:
 * ``load_embedded_pair()`` checks every file against ``MANIFEST.json`` (sha256) before loading, offline, and
   raises ``EmbeddedPairError`` (a ``RuntimeError``) naming the rebuild command if anything is missing or
-  corrupted.
+  corrupted. It loads only the listed files (a ``chat_template.jinja`` or ``special_tokens_map.json``
+  dropped into the folder has no effect), through ``load_causal_lm`` like ``wrap()``.
 * ``heldout_code_prompts()`` cuts prompts at run time from the held-out standard-library files of the
   running Python (hash-checked; files missing or different are skipped), never from training files.
 * The tokenizer adds ``<s>`` (id 1) by default, has no pad token, and no dummy prefix space: decoding any
@@ -20,12 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
+import tempfile
+import weakref
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from specdec.models.loading import load_causal_lm
 from specdec.models.stdlib_corpus import HELDOUT_FILES, load_pinned
 
 EMBEDDED_PAIR_DIR = Path(__file__).resolve().parent / "embedded_pair"
@@ -74,13 +79,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_embedded_pair(path: str | Path | None = None) -> dict[str, Any]:
-    """Check every file of the pair against its MANIFEST.json entry; return the parsed manifest.
-
-    ``path`` defaults to the shipped ``EMBEDDED_PAIR_DIR``. Raises ``EmbeddedPairError`` if the folder or
-    the manifest is missing or unreadable, a required file is absent, or any sha256 / size differs.
-    """
-    folder = Path(EMBEDDED_PAIR_DIR if path is None else path)
+def _read_manifest(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[str, int]]]:
+    """The parsed manifest and its file entries (name -> (sha256, bytes)), names checked to stay inside."""
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
         raise _fail(folder, f"{MANIFEST_NAME} not found")
@@ -93,16 +93,56 @@ def verify_embedded_pair(path: str | Path | None = None) -> dict[str, Any]:
     absent = [name for name in _REQUIRED if name not in entries]
     if absent:
         raise _fail(folder, f"{MANIFEST_NAME} does not list {absent}")
-    for name, (sha, size) in entries.items():
+    for name in entries:
         rel = PurePosixPath(name)
-        if rel.is_absolute() or ".." in rel.parts:
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise _fail(folder, f"{MANIFEST_NAME} names a file outside the folder: {name!r}")
-        file = folder / rel
+    return manifest, entries
+
+
+def _check_files(root: Path, entries: dict[str, tuple[str, int]], folder: Path, strip: str = "") -> None:
+    """Every listed file (its name less the prefix `strip`) under `root` has its listed size and sha256;
+    errors name `folder` and the listed name."""
+    for name, (sha, size) in entries.items():
+        file = root / PurePosixPath(name[len(strip) :])
         if not file.is_file():
             raise _fail(folder, f"missing file {name}")
         if file.stat().st_size != size or sha256_file(file) != sha:
             raise _fail(folder, f"file {name} does not match its sha256 in {MANIFEST_NAME} (corrupted)")
+
+
+def verify_embedded_pair(path: str | Path | None = None) -> dict[str, Any]:
+    """Check every file of the pair against its MANIFEST.json entry; return the parsed manifest.
+
+    ``path`` defaults to the shipped ``EMBEDDED_PAIR_DIR``. Raises ``EmbeddedPairError`` if the folder or
+    the manifest is missing or unreadable, a required file is absent, or any sha256 / size differs.
+    Files the manifest does not list are not checked here; ``load_embedded_pair`` never reads them.
+    """
+    folder = Path(EMBEDDED_PAIR_DIR if path is None else path)
+    manifest, entries = _read_manifest(folder)
+    _check_files(folder, entries, folder)
     return manifest
+
+
+def _sealed_copy(folder: Path, entries: dict[str, tuple[str, int]], model: str) -> Path:
+    """A fresh temporary folder holding only the files the manifest lists under ``model/``, hash-checked
+    after copying (the bytes checked are the bytes loaded)."""
+    prefix = f"{model}/"
+    listed = {name: entry for name, entry in entries.items() if name.startswith(prefix)}
+    sealed = Path(tempfile.mkdtemp(prefix=f"specdec-pair-{model}-"))
+    try:
+        for name in listed:
+            source = folder / PurePosixPath(name)
+            if not source.is_file():
+                raise _fail(folder, f"missing file {name}")
+            destination = sealed / PurePosixPath(name).relative_to(model)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+        _check_files(sealed, listed, folder, strip=prefix)
+    except BaseException:
+        shutil.rmtree(sealed, ignore_errors=True)
+        raise
+    return sealed
 
 
 def load_embedded_pair(
@@ -112,19 +152,26 @@ def load_embedded_pair(
 
     Models come back in ``eval()`` mode, in ``dtype`` (weights are stored in fp16), on ``device``.
     ``path`` defaults to the shipped pair. Raises ``EmbeddedPairError`` if the pair is missing or corrupted.
+    Only the files ``MANIFEST.json`` lists are read: they are copied into a private temporary folder
+    per model (kept while the model lives, so its tokenizer can still be found there) and loaded from
+    it, through the same loading function as ``wrap()``; anything else in ``path`` is ignored.
     """
     folder = Path(EMBEDDED_PAIR_DIR if path is None else path)
-    verify_embedded_pair(folder)
+    _manifest, entries = _read_manifest(folder)
     models = []
+    sealed = {}
     for name in ("target", "draft"):
+        sealed[name] = _sealed_copy(folder, entries, name)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(folder / name), dtype=dtype, local_files_only=True
-            )
+            model = load_causal_lm(str(sealed[name]), name, dtype=dtype, local_files_only=True)
         except (OSError, ValueError) as exc:
+            shutil.rmtree(sealed[name], ignore_errors=True)
             raise _fail(folder, f"transformers could not load {name}/ ({exc})") from exc
+        weakref.finalize(model, shutil.rmtree, str(sealed[name]), ignore_errors=True)
         models.append(model.to(device).eval())
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "target"), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(sealed["target"]), local_files_only=True, trust_remote_code=False
+    )
     return EmbeddedPair(target=models[0], draft=models[1], tokenizer=tokenizer)
 
 
