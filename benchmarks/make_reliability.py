@@ -45,6 +45,10 @@ AREAS = {
     "test_cli": "specdec demo: runs, output identical to the target, usage and missing-pair errors",
     "test_cli_commands": "specdec bench/generate arguments, prompt files, shipped prompt sets",
     "test_bench": "Benchmark harness on tiny models, plot",
+    "test_safe_defaults_cli": "Safe defaults: the CLI loads like wrap() (pickle / checkpoint code opt-in, "
+    "same messages, never a stdin prompt), one-line errors (missing path with no hub call, offline / "
+    "unknown hub id, mismatched pair, prompts file; traceback only with --debug), no hf-assisted row "
+    "without a draft, embedded pair reads only its manifest's files, no phantom tokenizer",
     "test_lint": "ruff clean",
     "test_hardening_analytic": "Chain and tree acceptance proven by enumeration over hypothesis-drawn p, q "
     "(vocab 3-6; top-k/top-p truncated, zeros, one-hot; all node kinds): output == target to 1e-9",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 
-from specdec.cli_commands import add_bench_parser, add_generate_parser
+from specdec.cli_commands import CommandError, add_bench_parser, add_debug_argument, add_generate_parser
 from specdec.config import STRATEGIES
 from specdec.models.llama_runner import RUNTIMES
 
@@ -35,12 +37,16 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="specdec's forward (auto), also torch.compile'd (compiled: compiles first), or transformers'",
     )
+    add_debug_argument(demo)
     demo.set_defaults(run=run_demo, command_parser=demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specdec", description="Exact speculative decoding for transformers."
+    )
+    parser.add_argument(
+        "--debug", dest="debug_all", action="store_true", help="on an error, show the full Python traceback"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
@@ -70,6 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
         draft if strategy_needs_draft(args.strategy) else None,
         strategy=args.strategy,
         runtime=args.runtime,
+        tokenizer=tokenizer,
     )
     new = args.max_new_tokens
 
@@ -104,18 +111,56 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if identical else 1
 
 
+def _is_input_error(error: BaseException) -> bool:
+    """Errors whose message describes bad input completely: what is wrong and what to do."""
+    from specdec.models.embedded import EmbeddedPairError
+    from specdec.models.loading import ModelSourceError
+    from specdec.vocab import VocabularyMismatchError
+
+    known = (CommandError, EmbeddedPairError, ModelSourceError, VocabularyMismatchError, ValueError)
+    return isinstance(error, known)
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line, whitespace folded; other errors than input errors carry their type name."""
+    text = " ".join(str(error).split())
+    if text and _is_input_error(error):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, without the source line Python would print under them."""
+    print(f"specdec: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; errors are printed as one line on stderr (status 1), tracebacks only with --debug.
+
+    Never reads stdin: models load under wrap()'s policy (no checkpoint code unless
+    --trust-remote-code, no pickle unless --allow-pickle, no interactive question).
+    """
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the sub-command's own usage, not the top-level one
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from specdec.models.embedded import EmbeddedPairError
-
-    try:
-        return args.run(args)
-    except EmbeddedPairError as error:
-        print(f"specdec {args.command}: {error}", file=sys.stderr)
-        return 1
+    debug = bool(getattr(args, "debug", False) or args.debug_all)
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print(f"specdec {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as error:  # noqa: BLE001 - the command line reports, --debug shows the traceback
+            if debug:
+                traceback.print_exc()
+            hint = "" if debug or _is_input_error(error) else " (run with --debug for the traceback)"
+            print(f"specdec {args.command}: {_one_line(error)}{hint}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

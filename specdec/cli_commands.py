@@ -15,9 +15,30 @@ from specdec.config import STRATEGIES, strategy_needs_draft
 from specdec.models.llama_runner import RUNTIMES
 
 
+class CommandError(Exception):
+    """A command cannot run as asked; the message (one line: what is wrong, what to do) is printed
+    without a traceback, and the command exits with status 1."""
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the full Python traceback too"
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None, help="target hub id or local path (default: embedded pair)")
     parser.add_argument("--draft", default=None, help="draft hub id or local path (default: embedded pair)")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load pickle checkpoints (.bin), which can run code when loaded (default: safetensors)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run modeling code shipped in a checkpoint folder or repository (default: refuse it)",
+    )
     parser.add_argument(
         "--dtype", default=None, choices=("float32", "float16", "bfloat16"), help="model dtype"
     )
@@ -32,6 +53,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="forward passes: specdec's runner (auto), also torch.compile'd (compiled: slow first "
         "calls), or transformers' own",
     )
+    add_debug_argument(parser)
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +85,19 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "--num-prompts", type=int, default=8, help="held-out prompts when --prompts is not given"
     )
     bench.add_argument("--prompt-tokens", type=int, default=128, help="held-out prompt length (default 128)")
-    bench.add_argument("--strategies", default="chain,tree,dynamic-tree,prompt-lookup,hybrid,auto")
-    bench.add_argument("--baselines", default=",".join(BASELINES))
+    bench.add_argument(
+        "--strategies",
+        default="chain,tree,dynamic-tree,prompt-lookup,hybrid,auto",
+        help=f"comma-separated specdec strategies to time, from: {', '.join(STRATEGIES)} "
+        "(default: %(default)s)",
+    )
+    bench.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help="comma-separated reference methods: target (transformers generate(), the speedup's base), "
+        "hf-assisted (transformers' assisted generation with the draft; hf-assisted-kN: N draft tokens "
+        "a step), hf-prompt-lookup, specdec-no-speculation (default: %(default)s)",
+    )
     bench.add_argument("--repeats", type=int, default=1, help="timed repeats per prompt, median kept")
     bench.add_argument("--out", default=None, help="folder for results.json and table.md")
     bench.add_argument(
@@ -74,12 +107,19 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_models(args: argparse.Namespace):
-    """(target, draft, tokenizer) from --target/--draft, or the embedded pair."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(target, draft, tokenizer) from --target/--draft, or the embedded pair.
 
+    Models load through `load_causal_lm`, the function wrap() uses: safetensors only unless
+    --allow-pickle, checkpoint code only with --trust-remote-code, never an interactive question.
+    """
     from specdec.models.embedded import load_embedded_pair
+    from specdec.models.loading import load_causal_lm, load_tokenizer, resolve_source
 
+    for name, role in ((args.target, "target"), (args.draft, "draft")):  # a mistyped path: before any load
+        if name is not None:
+            resolve_source(name, role)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    policy = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
     if args.target is None:
         target, draft, tokenizer = load_embedded_pair(
             dtype=dtype or torch.float32, device=args.device or "cpu"
@@ -87,24 +127,20 @@ def load_models(args: argparse.Namespace):
         if args.draft is None:
             return target, draft, tokenizer
     else:
-        kwargs = {"dtype": dtype} if dtype else {}
-        if args.device_map:
-            kwargs["device_map"] = args.device_map
-        target = AutoModelForCausalLM.from_pretrained(args.target, **kwargs).eval()
+        target = load_causal_lm(args.target, "target", dtype, args.device_map, **policy)
         if args.device and not args.device_map:
             target = target.to(args.device)
-        tokenizer = AutoTokenizer.from_pretrained(args.target)
+        tokenizer = load_tokenizer(args.target, "target", trust_remote_code=args.trust_remote_code)
     draft = None
     if args.draft is not None:
-        kwargs = {"dtype": dtype} if dtype else {}
-        draft = AutoModelForCausalLM.from_pretrained(args.draft, **kwargs).eval()
+        draft = load_causal_lm(args.draft, "draft", dtype, None, **policy)
         draft = draft.to(args.device or target.device)
     return target, draft, tokenizer
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     if args.temperature < 0:
-        raise SystemExit("specdec: --temperature must be >= 0")
+        raise CommandError(f"--temperature must be >= 0, got {args.temperature}")
     if args.temperature == 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": args.temperature}
@@ -115,18 +151,22 @@ def run_generate(args: argparse.Namespace) -> int:
 
     import specdec
 
+    sampling = sampling_kwargs(args)
     target, draft, tokenizer = load_models(args)
     if strategy_needs_draft(args.strategy) and draft is None:
-        raise SystemExit(f"specdec generate: strategy {args.strategy} needs --draft")
+        raise CommandError(
+            f"strategy {args.strategy} needs a draft model: pass --draft, or use --strategy prompt-lookup"
+        )
     spec = specdec.wrap(
         target,
         draft if strategy_needs_draft(args.strategy) else None,
         strategy=args.strategy,
         runtime=args.runtime,
+        tokenizer=tokenizer,
     )
     if args.chat:
         if not getattr(tokenizer, "chat_template", None):
-            raise SystemExit("specdec generate: --chat needs a tokenizer with a chat template")
+            raise CommandError("--chat needs a tokenizer with a chat template; drop --chat")
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": args.prompt}], add_generation_prompt=True, return_tensors="pt"
         )
@@ -135,13 +175,9 @@ def run_generate(args: argparse.Namespace) -> int:
         ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     ids = ids.to(target.device)
     generator = torch.Generator(device=target.device).manual_seed(args.seed)
-    spec.generate(
-        ids,
-        max_new_tokens=args.max_new_tokens,
-        streamer=TextStreamer(tokenizer, skip_prompt=args.chat),
-        generator=generator,
-        **sampling_kwargs(args),
-    )
+    # special tokens (<s>, </s>) are ids, not text: the stream shows the prompt's text and the completion
+    streamer = TextStreamer(tokenizer, skip_prompt=args.chat, skip_special_tokens=True)
+    spec.generate(ids, max_new_tokens=args.max_new_tokens, streamer=streamer, generator=generator, **sampling)
     print()
     if args.stats:
         print(spec.stats.summary(), file=sys.stderr)
@@ -149,23 +185,31 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def read_prompts(path: str) -> list[dict]:
-    """JSONL lines {"prompt": str, "category": str (optional)}; a bad line names the file and line."""
+    """JSONL lines {"prompt": str, "category": str (optional)}; a bad line names the file and line.
+
+    Raises CommandError for a missing, unreadable, empty or malformed file.
+    """
     prompts = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SystemExit(
-                    f"specdec bench: {path}, line {number}: not valid JSON ({error.msg})"
-                ) from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise SystemExit(f'specdec bench: {path}, line {number}: expected {{"prompt": "...", ...}}')
-            prompts.append(record)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except FileNotFoundError:
+        raise CommandError(f"prompts file {path} not found; pass a JSONL file with --prompts") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CommandError(f"cannot read prompts file {path} ({reason}); pass a UTF-8 JSONL file") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise CommandError(f'{path}, line {number}: expected {{"prompt": "...", ...}}')
+        prompts.append(record)
     if not prompts:
-        raise SystemExit(f"specdec bench: {path} holds no prompts")
+        raise CommandError(f'{path} holds no prompts; write one {{"prompt": "..."}} per line')
     return prompts
 
 
@@ -200,9 +244,17 @@ def _encode(tokenizer, record: dict, chat: bool) -> torch.Tensor:
     return ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
 
 
+def _known_baseline(name: str) -> bool:
+    from specdec.bench import BASELINES
+
+    k = name.removeprefix("hf-assisted-k")
+    return name in BASELINES or (k != name and k.isdigit() and int(k) >= 1)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import specdec
     from specdec.bench import (
+        BASELINES,
         baseline_methods,
         markdown_table,
         plot,
@@ -216,11 +268,30 @@ def run_bench(args: argparse.Namespace) -> int:
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
-        raise SystemExit(f"specdec bench: unknown strategy {unknown[0]!r}; valid: {', '.join(STRATEGIES)}")
+        raise CommandError(f"unknown strategy {unknown[0]!r}; valid: {', '.join(STRATEGIES)}")
+    baselines = [b for b in args.baselines.split(",") if b]
+    unknown = [b for b in baselines if not _known_baseline(b)]
+    if unknown:
+        raise CommandError(
+            f"unknown baseline {unknown[0]!r}; valid: {', '.join(BASELINES)}, or hf-assisted-kN (N >= 1)"
+        )
+    gen_kwargs = {"max_new_tokens": args.max_new_tokens, **sampling_kwargs(args)}
     records = read_prompts(args.prompts) if args.prompts else None
     target, draft, tokenizer = load_models(args)
-    if draft is None and any(strategy_needs_draft(s) for s in strategies):
-        raise SystemExit("specdec bench: these strategies need --draft")
+    needing = [s for s in strategies if strategy_needs_draft(s)]
+    if draft is None and needing:
+        raise CommandError(
+            f"strategies {', '.join(needing)} need a draft model: pass --draft, or use --strategies "
+            "prompt-lookup"
+        )
+    if draft is None:  # transformers' assisted generation without an assistant is the target alone
+        left_out = [b for b in baselines if b.startswith("hf-assisted")]
+        if left_out:
+            print(
+                f"specdec bench: {', '.join(left_out)} left out: assisted generation needs a draft (--draft)",
+                file=sys.stderr,
+            )
+            baselines = [b for b in baselines if b not in left_out]
     if draft is not None:  # vocabularies are checked before any timing starts
         specdec.wrap(target, draft, tokenizer=tokenizer)
     if records is None and args.prompt_set == "quote":
@@ -234,10 +305,8 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         records = [{"prompt": t, "category": "code"} for t in texts]
     if args.chat and not getattr(tokenizer, "chat_template", None):
-        raise SystemExit("specdec bench: --chat needs a tokenizer with a chat template")
+        raise CommandError("--chat needs a tokenizer with a chat template; drop --chat")
     prompts = [_encode(tokenizer, r, args.chat).to(target.device) for r in records]
-    gen_kwargs = {"max_new_tokens": args.max_new_tokens, **sampling_kwargs(args)}
-    baselines = [b for b in args.baselines.split(",") if b]
     methods = baseline_methods(target, draft, baselines, gen_kwargs, args.runtime)
     methods |= strategy_methods(target, draft, strategies, gen_kwargs, args.runtime)
     greedy = args.temperature == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from specdec.cli import main
-from specdec.cli_commands import read_prompts
+from specdec.cli_commands import CommandError, read_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,19 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_prompt_file_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "a"}\n\nnot json\n')
-    with pytest.raises(SystemExit, match=r"p.jsonl, line 3: not valid JSON"):
+    with pytest.raises(CommandError, match=r"p.jsonl, line 3: not valid JSON"):
         read_prompts(str(bad))
     bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
-    with pytest.raises(SystemExit, match=r"line 2: expected"):
+    with pytest.raises(CommandError, match=r"line 2: expected"):
         read_prompts(str(bad))
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(SystemExit, match="holds no prompts"):
+    with pytest.raises(CommandError, match="holds no prompts"):
         read_prompts(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(CommandError, match="not found"):
+        read_prompts(str(tmp_path / "missing.jsonl"))
 
 
 def test_unknown_strategy_lists_the_valid_ones(capsys):
-    with pytest.raises(SystemExit, match="unknown strategy 'beam'; valid: chain, tree"):
-        main(["bench", "--strategies", "chain,beam"])
+    assert main(["bench", "--strategies", "chain,beam"]) == 1
+    assert "unknown strategy 'beam'; valid: chain, tree" in capsys.readouterr().err
+    assert main(["bench", "--baselines", "target,hf-assisted-kx"]) == 1
+    assert "unknown baseline 'hf-assisted-kx'" in capsys.readouterr().err
 
 
 def test_shipped_chat_prompts_cover_six_categories():
