@@ -1,17 +1,23 @@
-"""`generate()` for a batch of left-padded prompts (layer L6): rows of different lengths, each exact.
+"""`generate()`'s loop parts (layer L6): where a row stops, and batches of left-padded prompts.
 
-Called by `SpeculativeModel.generate` when input_ids has more than one row. Each row is generated as
-if alone (its own prompt without padding, its own logits processors, its own stop), and the output
-is padded like transformers': prompt as given (left padding kept), new tokens, then `pad_token_id`
-after a row stops.
+`StopRules` is how both loops (one prompt in `generate.py`, B prompts here) decide where a row stops:
+transformers' stopping criteria, built from the generation config and merged with the user's as
+transformers merges them, plus the target's context length.
+
+Called by `SpeculativeModel.generate` when input_ids has more than one row, `generate_batch` generates
+each row as if alone (its own prompt without padding in the caches, its own logits processors, which
+see the row with its padding as transformers' do, its own stop), and the output is padded like
+transformers': prompt as given (left padding kept), new tokens, then `pad_token_id` after a row stops.
 """
 
 from __future__ import annotations
 
-import time
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria
 
 from specdec.adaptive import DraftLengthController
 from specdec.batch import BatchRow, BatchSpeculativeEngine
@@ -19,24 +25,119 @@ from specdec.calibration import measure_batch_costs
 from specdec.config import SpecConfig
 from specdec.costs import CostProfile, planning_costs
 from specdec.models.llama_runner import LlamaRunner
-from specdec.sampling import LogitsPipeline
+from specdec.sampling import LogitsPipeline, merge_like_transformers
 from specdec.tree import Tree
 
 #: Strategies that run on batches; the others keep per-row state (n-gram tables, adaptive trees).
 BATCH_STRATEGIES = ("chain", "tree", "prompt-lookup", "none")
 
 
-def batch_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
-    """Each row's prompt without its left padding ([L_b] each). Right padding, holes and rows of
-    padding only are refused."""
-    if attention_mask is None:
-        return list(input_ids)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
-            f"{tuple(input_ids.shape)}."
+@dataclass
+class StopRules:
+    """Where a row stops: transformers' stopping criteria, read where they can be read on the host.
+
+    max_new_tokens: tokens a row may add (the merged `MaxLengthCriteria`, at least 1: transformers
+    always generates one token); eos_ids: the merged `EosTokenCriteria` ids; timers: the merged
+    `MaxTimeCriteria` (checked once per step); others: every other criterion, called on the padded
+    row after each token; context: the target's context length (None: unknown), where a row stops with
+    a warning (specdec's caches end there; transformers would go on).
+    """
+
+    max_new_tokens: int
+    eos_ids: list[int]
+    timers: list[MaxTimeCriteria] = field(default_factory=list)
+    others: StoppingCriteriaList = field(default_factory=StoppingCriteriaList)
+    context: int | None = None
+
+    def budget(self, length: int, generated: int) -> int:
+        """Tokens a row of `length` committed tokens (no padding) that has `generated` new ones may
+        still add; 0 when it stands at the context's end."""
+        budget = self.max_new_tokens - generated
+        if self.context is not None:
+            budget = min(budget, self.context - length)
+        return max(budget, 0)
+
+    def cut(
+        self, prefix: torch.Tensor, sequence: torch.Tensor, tokens: torch.Tensor, token_ids: list[int]
+    ) -> tuple[torch.Tensor, bool]:
+        """Tokens up to and including the first that stops the row (EOS, another criterion); whether
+        it stopped. prefix: [P] the row's padding; sequence: [N] committed tokens; tokens: [m] new
+        ones (token_ids: the same on the host)."""
+        for i, token in enumerate(token_ids):
+            if token in self.eos_ids:
+                return tokens[: i + 1], True
+            if len(self.others):
+                row = torch.cat([prefix.to(sequence.device), sequence, tokens[: i + 1]])[None]  # [1, n]
+                if bool(self.others(row, None).any()):
+                    return tokens[: i + 1], True
+        return tokens, False
+
+    def timed_out(self) -> bool:
+        """Whether a `MaxTimeCriteria` (max_time=) has run out."""
+        return any(bool(timer(None, None)) for timer in self.timers)
+
+    def warn_context(self, generated: list[int], rows: list[int] | None = None, stacklevel: int = 2) -> None:
+        """The one warning of a generation in which rows stopped at the target's context.
+
+        generated: new tokens of each such row; rows: their indices in the batch (None: one prompt);
+        stacklevel: as warnings.warn's, counted from the caller of this method."""
+        which = "" if rows is None else f" (row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))})"
+        counts = ", ".join(map(str, generated))
+        warnings.warn(
+            f"generation{which} stopped at the target's context length ({self.context} positions) after "
+            f"{counts} new tokens, short of the {self.max_new_tokens} allowed: specdec's caches end "
+            "there (transformers' own generate() would go on past the model's max_position_embeddings). "
+            "Shorten the prompt or lower max_new_tokens to stay inside the context.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
         )
-    prompts = []
+
+
+def stop_rules(
+    gen_config: GenerationConfig,
+    max_length: int,
+    input_length: int,
+    eos_ids: list[int],
+    user: StoppingCriteriaList | None,
+    max_position_embeddings: int | None,
+    context: int | None,
+) -> StopRules:
+    """The criteria transformers' generate() would stop with, merged with the user's the same way
+    (a user `MaxLengthCriteria` / `EosTokenCriteria` / `MaxTimeCriteria` replaces the built one).
+
+    max_length: the absolute length limit (prompt as given, padding included, + new tokens);
+    input_length: the prompt's length as given."""
+    defaults = StoppingCriteriaList([MaxLengthCriteria(max_length, max_position_embeddings)])
+    if gen_config.max_time is not None:
+        defaults.append(MaxTimeCriteria(gen_config.max_time))
+    if eos_ids:
+        defaults.append(EosTokenCriteria(eos_ids))
+    merged = merge_like_transformers(defaults, user)
+    lengths = [c.max_length for c in merged if type(c) is MaxLengthCriteria]
+    eos: list[int] = []
+    for criterion in merged:
+        if type(criterion) is EosTokenCriteria:
+            eos += [int(t) for t in torch.as_tensor(criterion.eos_token_id).flatten().tolist()]
+    others = StoppingCriteriaList(
+        c for c in merged if type(c) not in (MaxLengthCriteria, EosTokenCriteria, MaxTimeCriteria)
+    )
+    return StopRules(
+        max_new_tokens=max(1, min(lengths) - input_length),
+        eos_ids=eos,
+        timers=[c for c in merged if type(c) is MaxTimeCriteria],
+        others=others,
+        context=context,
+    )
+
+
+def batch_prompts(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each row's prompt without its left padding ([L_b] each) and that padding ([P_b] each). Right
+    padding, holes and rows of padding only are refused."""
+    if attention_mask is None:
+        return list(input_ids), [row[:0] for row in input_ids]
+    prompts, prefixes = [], []
     for b, (ids, mask) in enumerate(zip(input_ids, attention_mask.bool(), strict=True)):
         if not mask.any():
             raise ValueError(f"attention_mask row {b} masks every token; give each row at least one token.")
@@ -47,7 +148,8 @@ def batch_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
                 "holes); use left padding (tokenizer.padding_side = 'left')."
             )
         prompts.append(ids[first:])
-    return prompts
+        prefixes.append(ids[:first])
+    return prompts, prefixes
 
 
 def check_batch_options(config: SpecConfig, gen_config: GenerationConfig, streamer, target, draft) -> None:
@@ -79,40 +181,54 @@ def pad_id(gen_config: GenerationConfig, eos_ids: list[int]) -> int | None:
 def generate_batch(
     engine: BatchSpeculativeEngine,
     prompts: list[torch.Tensor],
+    prefixes: list[torch.Tensor],
     gen_config: GenerationConfig,
-    max_new_tokens: int,
+    input_length: int,
     eos_ids: list[int],
     logits_processor: LogitsProcessorList | None,
-    stopping_criteria: StoppingCriteriaList | None,
+    rules: StopRules,
 ) -> list[torch.Tensor]:
-    """New tokens of every row ([m_b] each), each row as the target alone would generate it."""
+    """New tokens of every row ([m_b] each), each row as the target alone would generate it.
+
+    prompts / prefixes: each row's prompt without its padding, and that padding; input_length: the
+    padded prompts' length; eos_ids: the generation config's (for its processors)."""
     device = engine.target.device
     rows = [
         BatchRow(
             prompt.to(device),
-            LogitsPipeline(gen_config, prompt.shape[0], eos_ids, logits_processor, device=device),
+            LogitsPipeline(gen_config, input_length, eos_ids, logits_processor, device=device, prefix=prefix),
         )
-        for prompt in prompts
+        for prompt, prefix in zip(prompts, prefixes, strict=True)
     ]
-    stop = StoppingCriteriaList(stopping_criteria or [])
     generated: list[list[torch.Tensor]] = [[] for _ in prompts]
     counts = [0] * len(prompts)
-    active = list(range(len(prompts)))  # original index of each engine row
-    start = time.perf_counter()
+    at_context: list[int] = []  # rows that stopped at the target's context
     engine.begin(rows)
     try:
+        active = list(range(len(prompts)))  # original index of each engine row
+        room = [p for p, i in enumerate(active) if rules.budget(rows[i].sequence.shape[0], 0) > 0]
+        at_context += [i for i in active if rules.budget(rows[i].sequence.shape[0], 0) == 0]
+        if len(room) < len(active):
+            active = [active[p] for p in room]
+            if active:
+                engine.keep(room)
         while active:
-            budgets = [max_new_tokens - counts[i] for i in active]
+            budgets = [rules.budget(rows[i].sequence.shape[0], counts[i]) for i in active]
             results = engine.step([rows[i] for i in active], budgets)
             keep = []
             for position, (i, tokens) in enumerate(zip(active, results, strict=True)):
-                tokens, finished = _cut(rows[i].sequence, tokens[: budgets[position]], eos_ids, stop)
+                tokens = tokens[: budgets[position]]
+                tokens, finished = rules.cut(prefixes[i], rows[i].sequence, tokens, tokens.tolist())
                 rows[i].sequence = torch.cat([rows[i].sequence, tokens])
                 generated[i].append(tokens)
                 counts[i] += tokens.shape[0]
-                if not finished and counts[i] < max_new_tokens:
-                    keep.append(position)
-            if gen_config.max_time is not None and time.perf_counter() - start > gen_config.max_time:
+                if finished or counts[i] >= rules.max_new_tokens:
+                    continue
+                if rules.budget(rows[i].sequence.shape[0], counts[i]) == 0:
+                    at_context.append(i)
+                    continue
+                keep.append(position)
+            if rules.timed_out():
                 break
             if len(keep) < len(active):
                 active = [active[p] for p in keep]
@@ -120,19 +236,11 @@ def generate_batch(
                     engine.keep(keep)
     finally:
         engine.end()
-    return [torch.cat(parts) if parts else prompts[0].new_empty(0) for parts in generated]
-
-
-def _cut(
-    sequence: torch.Tensor, tokens: torch.Tensor, eos_ids: list[int], stop: StoppingCriteriaList
-) -> tuple[torch.Tensor, bool]:
-    """Tokens up to and including the first EOS or stopping criterion; whether the row stopped."""
-    for i in range(tokens.shape[0]):
-        if int(tokens[i]) in eos_ids:
-            return tokens[: i + 1], True
-        if len(stop) and bool(stop(torch.cat([sequence, tokens[: i + 1]])[None], None).any()):
-            return tokens[: i + 1], True
-    return tokens, False
+    if at_context:
+        rows_at_context = sorted(at_context)
+        # the user's frame: generate_batch < _generate_batch < _generate < generate < inference_mode
+        rules.warn_context([counts[i] for i in rows_at_context], rows_at_context, stacklevel=6)
+    return [torch.cat(parts) if parts else prompts[i].new_empty(0) for i, parts in enumerate(generated)]
 
 
 def pad_outputs(input_ids: torch.Tensor, new_tokens: list[torch.Tensor], pad: int | None) -> torch.Tensor:

@@ -8,6 +8,8 @@ decoder-only models and returns what it returns (prompt + new tokens, or a
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import threading
 import time
 import warnings
 from typing import Any
@@ -19,6 +21,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from specdec.adaptive import DraftLengthController
 from specdec.batch import BatchSpeculativeEngine
 from specdec.batch_generate import (
+    StopRules,
     batch_controller,
     batch_costs,
     batch_prompts,
@@ -26,6 +29,7 @@ from specdec.batch_generate import (
     generate_batch,
     pad_id,
     pad_outputs,
+    stop_rules,
 )
 from specdec.calibration import measure_costs
 from specdec.config import SpecConfig
@@ -33,6 +37,7 @@ from specdec.costs import CostProfile, planning_costs
 from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
 from specdec.engine import SpeculativeEngine
+from specdec.fallback import chains_where_trees_fail
 from specdec.models.llama_runner import make_runner
 from specdec.models.loading import find_tokenizer, vocab_info
 from specdec.sampling import LogitsPipeline
@@ -75,7 +80,9 @@ _UNSUPPORTED_OPTIONS: dict[str, Any] = {
 class SpeculativeModel:
     """A target model with a drafter; `generate()` returns exactly what the target would generate.
 
-    Use `specdec.wrap(...)` to build one. `stats` holds the statistics of the last `generate()` call.
+    Use `specdec.wrap(...)` to build one. `stats` holds the statistics of the calling thread's last
+    `generate()` call (of the last call in any thread, for a thread that made none). One object may be
+    shared by threads: `generate()` calls are serialized by a lock (one runs at a time).
     """
 
     def __init__(
@@ -94,13 +101,27 @@ class SpeculativeModel:
         self.draft = draft
         self.config = config
         self.tokenizer = tokenizer
-        self.stats: GenerationStats | None = None
+        self._lock = threading.Lock()  # one generate() at a time: the runners' caches are shared state
+        self._lock_owner: int | None = None  # the thread inside generate(), to refuse re-entry
+        self._last_stats: GenerationStats | None = None
+        self._thread_stats = threading.local()
         #: Measured draft/verify costs that adaptive strategies plan with; measured at the first
         #: generate() that needs it and then kept (set it to reuse a profile across processes).
         self.cost_profile: CostProfile | None = None
+        self.config = chains_where_trees_fail(config, target, draft, runtime)
         self._target_runner = make_runner(target, runtime, cuda_graphs)
         self._batch_profiles: dict[int, CostProfile | None] = {}  # batch size -> measured costs
         self._drafter = self._make_drafter(draft, draft_tokenizer)
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        """Statistics of this thread's last generate() call (else of the last call in any thread)."""
+        return getattr(self._thread_stats, "stats", None) or self._last_stats
+
+    @stats.setter
+    def stats(self, value: GenerationStats | None) -> None:
+        self._thread_stats.stats = value
+        self._last_stats = value
 
     def _make_drafter(self, draft: PreTrainedModel | None, draft_tokenizer) -> Drafter:
         if not self.config.needs_draft_model and draft is not None:
@@ -208,37 +229,95 @@ class SpeculativeModel:
     ) -> torch.Tensor | GenerateDecoderOnlyOutput:
         """Generate like `target.generate(...)`, speculatively.
 
-        inputs / input_ids: [B, L] prompt ids (left padding through attention_mask); B > 1 runs the
-        chain, tree, prompt-lookup and none strategies on Llama-layout models (see specdec.batch).
-        generator: a torch.Generator for the draws (specdec extension); default: torch's global RNG.
-        Returns [B, L + new] ids (rows that stop early padded with pad_token_id), or a
-        GenerateDecoderOnlyOutput when return_dict_in_generate=True.
+        inputs / input_ids: [B, L] prompt ids of any integer dtype (left padding through
+        attention_mask); B > 1 runs the chain, tree, prompt-lookup and none strategies on Llama-layout
+        models (see specdec.batch). generator: a torch.Generator for the draws (specdec extension);
+        default: torch's global RNG. Returns [B, L + new] int64 ids (rows that stop early padded with
+        pad_token_id), or a GenerateDecoderOnlyOutput when return_dict_in_generate=True.
+
+        As transformers 5 does: with no max_new_tokens / max_length, up to the generation config's
+        max_length (20 by default) NEW tokens (capped at max_position_embeddings); a user logits
+        processor or stopping criterion of a type built from the config (e.g.
+        RepetitionPenaltyLogitsProcessor with repetition_penalty=, MaxLengthCriteria with
+        max_new_tokens=) replaces the built one; processors and criteria see a left-padded row with
+        its padding.
+        Differences: generation stops with a warning at the target's context length
+        (max_position_embeddings), returning what was generated, where transformers would go on past
+        it; lengths must be integers (max_new_tokens=2.5 is refused, transformers takes it);
+        inputs_embeds and synced_gpus=True are refused.
+        Threads: calls on one SpeculativeModel are serialized by a lock; calling generate() from
+        inside a call (a streamer, a logits processor) raises RuntimeError.
         """
-        input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
-        attention_mask = kwargs.pop("attention_mask", None)
-        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[0] > 1:
+        if self._lock_owner == threading.get_ident():
+            raise RuntimeError(
+                "generate() was called from inside a generate() call on the same SpeculativeModel (from "
+                "a streamer, logits processor or stopping criterion?); one call must end before the next."
+            )
+        with self._lock:
+            self._lock_owner = threading.get_ident()
+            try:
+                return self._generate(
+                    inputs, generation_config, logits_processor, stopping_criteria, streamer, generator,
+                    kwargs,
+                )  # fmt: skip
+            finally:
+                self._lock_owner = None
+
+    def _generate(
+        self,
+        inputs: torch.Tensor | None,
+        generation_config: GenerationConfig | None,
+        logits_processor: LogitsProcessorList | None,
+        stopping_criteria: StoppingCriteriaList | None,
+        streamer,
+        generator: torch.Generator | None,
+        kwargs: dict,
+    ) -> torch.Tensor | GenerateDecoderOnlyOutput:
+        """generate() under the lock: inputs checked, then one prompt or a batch."""
+        input_ids, attention_mask = _take_inputs(inputs, kwargs)
+        _check_id_range(input_ids, self._id_limit())
+        input_ids = input_ids.long()  # transformers returns int64 whatever integer dtype came in
+        if input_ids.shape[0] > 1:
             return self._generate_batch(
                 input_ids, attention_mask, generation_config, logits_processor, stopping_criteria,
                 streamer, generator, kwargs,
             )  # fmt: skip
-        prompt, pad_prefix = _prompt_tokens(input_ids, attention_mask)
-        gen_config = self._generation_config(generation_config, kwargs)
-        prompt = prompt.to(self._target_runner.device)
+        return self._generate_one(
+            input_ids, attention_mask, generation_config, logits_processor, stopping_criteria,
+            streamer, generator, kwargs,
+        )  # fmt: skip
 
-        prompt_length = prompt.shape[1]
-        max_new_tokens = _max_new_tokens(gen_config, input_ids.shape[1])
+    def _generate_one(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        generation_config: GenerationConfig | None,
+        logits_processor: LogitsProcessorList | None,
+        stopping_criteria: StoppingCriteriaList | None,
+        streamer,
+        generator: torch.Generator | None,
+        kwargs: dict,
+    ) -> torch.Tensor | GenerateDecoderOnlyOutput:
+        """generate() for input_ids [1, L]."""
+        prompt, pad_prefix = _prompt_tokens(input_ids, attention_mask)  # [1, L'], [1, L - L']
+        input_length = input_ids.shape[1]
+        gen_config, max_length = self._generation_config(generation_config, kwargs, input_length)
+        device = self._target_runner.device
+        prompt = prompt.to(device)
         context = self._target_runner.context_length
-        if context is not None and prompt_length + max_new_tokens > context:
+        if context is not None and prompt.shape[1] > context:
             raise ValueError(
-                f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) = "
-                f"{prompt_length + max_new_tokens} exceeds the target's context of {context} positions; "
-                "shorten the prompt or lower max_new_tokens."
+                f"the prompt ({prompt.shape[1]} tokens, padding left out) is longer than the target's "
+                f"context of {context} positions; shorten it."
             )
         eos_ids = _as_id_list(gen_config.eos_token_id)
-        pipeline = LogitsPipeline(
-            gen_config, prompt_length, eos_ids, logits_processor, device=self._target_runner.device
+        rules = stop_rules(
+            gen_config, max_length, input_length, eos_ids, stopping_criteria, self._max_positions(), context
         )
-        stop = StoppingCriteriaList(stopping_criteria or [])
+        prefix = pad_prefix[0].to(device)  # [P] the padding, which processors and criteria see
+        pipeline = LogitsPipeline(
+            gen_config, input_length, eos_ids, logits_processor, device=device, prefix=prefix
+        )
         want_scores = bool(gen_config.output_scores)
         want_logits = bool(gen_config.output_logits)
 
@@ -255,12 +334,15 @@ class SpeculativeModel:
         scores: list[torch.Tensor] = []
         raw_logits: list[torch.Tensor] = []
         generated = 0
+        at_context = False
         try:
-            while generated < max_new_tokens:
-                result = engine.step(sequence, max_new_tokens - generated)
-                tokens, finished = self._cut_at_stop(
-                    sequence, result.tokens, result.token_ids, eos_ids, stop, gen_config, start
-                )
+            while True:
+                budget = rules.budget(sequence.shape[1], generated)
+                if budget == 0:  # the context is full and nothing else stopped the generation
+                    at_context = True
+                    break
+                result = engine.step(sequence, budget)
+                tokens, finished = rules.cut(prefix, sequence[0], result.tokens, result.token_ids[:budget])
                 sequence = torch.cat([sequence, tokens[None]], dim=1)
                 generated += tokens.shape[0]
                 if want_scores:
@@ -269,19 +351,19 @@ class SpeculativeModel:
                     raw_logits.extend(result.logits[: tokens.shape[0]].split(1))
                 if streamer is not None:
                     streamer.put(tokens.cpu())
-                if finished:
+                if finished or generated >= rules.max_new_tokens or rules.timed_out():
                     break
         finally:
             # Leave no half-used cache behind, whether the loop ended or raised.
             engine.begin()
         if streamer is not None:
             streamer.end()
+        if at_context:  # the user's frame: _generate_one < _generate < generate < inference_mode
+            rules.warn_context([generated], stacklevel=5)
         stats.new_tokens = generated
         stats.total_time = time.perf_counter() - start
 
-        output = (
-            torch.cat([pad_prefix.to(sequence.device), sequence], dim=1) if pad_prefix.numel() else sequence
-        )
+        output = torch.cat([pad_prefix.to(sequence.device), sequence], dim=1)
         output = output.to(input_ids.device)
         if gen_config.return_dict_in_generate:
             return GenerateDecoderOnlyOutput(
@@ -303,26 +385,27 @@ class SpeculativeModel:
         kwargs: dict,
     ) -> torch.Tensor | GenerateDecoderOnlyOutput:
         """generate() for input_ids [B, L], B > 1: every row exactly as the target alone would."""
-        gen_config = self._generation_config(generation_config, kwargs)
+        input_length = input_ids.shape[1]
+        gen_config, max_length = self._generation_config(generation_config, kwargs, input_length)
         draft = self._drafter.runner if isinstance(self._drafter, ModelDrafter) else None
         check_batch_options(self.config, gen_config, streamer, self._target_runner, draft)
-        if input_ids.shape[1] == 0:
-            raise ValueError("input_ids is empty: give at least one prompt token (e.g. the BOS token).")
-        prompts = batch_prompts(input_ids, attention_mask)
-        max_new_tokens = _max_new_tokens(gen_config, input_ids.shape[1])
-        longest = max(p.shape[0] for p in prompts)
+        prompts, prefixes = batch_prompts(input_ids, attention_mask)
         context = self._target_runner.context_length
-        if context is not None and longest + max_new_tokens > context:
-            raise ValueError(
-                f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                f"target's context of {context} positions; shorten it or lower max_new_tokens."
-            )
+        for b, row in enumerate(prompts):
+            if context is not None and row.shape[0] > context:
+                raise ValueError(
+                    f"the prompt of row {b} ({row.shape[0]} tokens, padding left out) is longer than the "
+                    f"target's context of {context} positions; shorten it."
+                )
         eos_ids = _as_id_list(gen_config.eos_token_id)
         pad = pad_id(gen_config, eos_ids)
         if pad is None and stopping_criteria:
             raise ValueError(
                 "rows may stop at different lengths: set pad_token_id (or an EOS id) to pad them."
             )
+        rules: StopRules = stop_rules(
+            gen_config, max_length, input_length, eos_ids, stopping_criteria, self._max_positions(), context
+        )
         batch = input_ids.shape[0]
         if batch not in self._batch_profiles:
             self._batch_profiles[batch] = batch_costs(self._target_runner, draft, batch, self.config)
@@ -339,7 +422,7 @@ class SpeculativeModel:
         )
         start = time.perf_counter()
         new_tokens = generate_batch(
-            engine, prompts, gen_config, max_new_tokens, eos_ids, logits_processor, stopping_criteria
+            engine, prompts, prefixes, gen_config, input_length, eos_ids, logits_processor, rules
         )
         stats.new_tokens = sum(int(t.shape[0]) for t in new_tokens)
         stats.total_time = time.perf_counter() - start
@@ -349,9 +432,22 @@ class SpeculativeModel:
         return output
 
     def _generation_config(
-        self, generation_config: GenerationConfig | None, kwargs: dict
-    ) -> GenerationConfig:
-        """Merge like transformers: explicit kwargs > generation_config > the target's > defaults."""
+        self, generation_config: GenerationConfig | None, kwargs: dict, input_length: int
+    ) -> tuple[GenerationConfig, int]:
+        """Merge like transformers (explicit kwargs > generation_config > the target's > defaults) and
+        settle the lengths as its `_prepare_generated_length` does; return the config and max_length,
+        the absolute length limit (input_length: the prompt as given, padding included)."""
+        synced_gpus = kwargs.pop("synced_gpus", None)
+        if synced_gpus:
+            raise ValueError(
+                f"synced_gpus={synced_gpus!r} is not supported by specdec (it runs one process's models; "
+                "DeepSpeed ZeRO-3 / FSDP lockstep generation is not implemented); leave it False."
+            )
+        has_default_max_length = (
+            kwargs.get("max_length") is None
+            and (generation_config is None or generation_config.max_length is None)
+            and self.target.generation_config.max_length is None
+        )
         config, model_kwargs = self.target._prepare_generation_config(generation_config, **kwargs)
         model_kwargs = {k: v for k, v in model_kwargs.items() if v is not None and k != "use_cache"}
         if model_kwargs:
@@ -364,52 +460,125 @@ class SpeculativeModel:
                     f"generate() option {name}={value!r} is not supported by specdec yet; "
                     "remove it or use the target's own generate()."
                 )
+        for name in ("max_new_tokens", "max_length", "min_new_tokens", "min_length"):
+            value = getattr(config, name, None)
+            if value is not None and not _is_integer(value):
+                raise ValueError(
+                    f"{name} must be an integer, got {value!r} ({type(value).__name__}); pass a whole "
+                    "number of tokens (specdec refuses what transformers would silently round)."
+                )
         if config.max_new_tokens is not None and config.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be >= 1, got {config.max_new_tokens}.")
         if config.do_sample and config.temperature is not None and config.temperature <= 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {config.temperature}.")
-        return config
+        # lengths, as transformers' _prepare_generated_length settles them
+        if config.max_new_tokens is not None:
+            max_length = int(config.max_new_tokens) + input_length
+        elif has_default_max_length:  # the config's max_length counts NEW tokens
+            max_length = int(config.max_length) + input_length
+            positions = self._max_positions()
+            if positions is not None:
+                max_length = min(max_length, positions)
+        else:
+            max_length = int(config.max_length)
+        if config.min_new_tokens is not None:
+            config.min_length = int(config.min_new_tokens) + input_length
+        if input_length >= max_length:
+            raise ValueError(
+                f"max_length={max_length} leaves no room after a prompt of {input_length} tokens (padding "
+                "included); set max_new_tokens."
+            )
+        if has_default_max_length and config.max_new_tokens is None:
+            warnings.warn(
+                f"no max_new_tokens or max_length given: generating up to {max_length - input_length} new "
+                f"tokens (the generation config's default max_length of {config.max_length} new tokens, "
+                "as transformers does); set max_new_tokens to choose.",
+                UserWarning,
+                stacklevel=6,  # the user's frame (called by _generate_one or _generate_batch)
+            )
+        return config, max_length
 
-    def _cut_at_stop(
-        self,
-        sequence: torch.Tensor,
-        tokens: torch.Tensor,
-        token_ids: list[int],
-        eos_ids: list[int],
-        stop: StoppingCriteriaList,
-        config: GenerationConfig,
-        start: float,
-    ) -> tuple[torch.Tensor, bool]:
-        """Keep tokens up to and including the first stop (EOS, a stopping criterion, max_time).
-        tokens: [m] on the device; token_ids: the same on the host (EOS is found without a sync)."""
-        for i, token in enumerate(token_ids):
-            if token in eos_ids:
-                return tokens[: i + 1], True
-            if len(stop):
-                ctx = torch.cat([sequence, tokens[None, : i + 1]], dim=1)
-                if bool(stop(ctx, None).any()):
-                    return tokens[: i + 1], True
-        if config.max_time is not None and time.perf_counter() - start > config.max_time:
-            return tokens, True
-        return tokens, False
+    def _max_positions(self) -> int | None:
+        """The target config's max_position_embeddings, as transformers reads it (None: not set)."""
+        value = getattr(self.target.config, "max_position_embeddings", None)
+        return value if isinstance(value, int) else None
+
+    def _id_limit(self) -> int:
+        """Token ids must be below this: the target's input embedding rows (else its logits' width)."""
+        embeddings = self.target.get_input_embeddings()
+        rows = getattr(embeddings, "num_embeddings", None)
+        return int(rows) if isinstance(rows, int) else self._target_runner.vocab_size
 
 
-def _prompt_tokens(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None):
-    """Validate the prompt; return ([1, L'] prompt without left padding, [1, L - L'] the padding)."""
+def _is_integer(value: object) -> bool:
+    """An integer that is not a bool (Python, NumPy or 0-d torch integers)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.dtype.is_floating_point and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _take_inputs(inputs: torch.Tensor | None, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Take the prompt and its attention mask out of generate()'s arguments and check their types;
+    return (input_ids [B, L], attention_mask [B, L] or None)."""
+    input_ids = kwargs.pop("input_ids", None)
+    if inputs is not None and input_ids is not None:
+        raise ValueError("the prompt was given twice (inputs and input_ids=); pass it once.")
+    input_ids = inputs if inputs is not None else input_ids
+    attention_mask = kwargs.pop("attention_mask", None)
+    if kwargs.pop("inputs_embeds", None) is not None:
+        raise ValueError(
+            "inputs_embeds is not supported: specdec drafts and verifies token ids, so it needs the "
+            "prompt as input_ids ([batch, length] token ids); pass input_ids instead."
+        )
     if input_ids is None:
         raise ValueError("generate() needs input_ids ([batch, length] token ids).")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        got = getattr(input_ids, "shape", type(input_ids))
+        got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a 2-D tensor [batch, length], got {got}.")
+    dtype = input_ids.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(
+            f"input_ids must hold integer token ids, got dtype {dtype}; pass the tokenizer's ids "
+            "(e.g. input_ids.long())."
+        )
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty: give at least one prompt token (e.g. the BOS token).")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise ValueError(
+                f"attention_mask must be a torch.Tensor [batch, length] (1: token, 0: padding), got "
+                f"{type(attention_mask).__name__}; pass torch.tensor(attention_mask)."
+            )
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
+                f"{tuple(input_ids.shape)}."
+            )
+        odd = (attention_mask != 0) & (attention_mask != 1)
+        if bool(odd.any()):
+            b, i = (int(x) for x in odd.nonzero()[0])
+            raise ValueError(
+                f"attention_mask must hold 1 (token) and 0 (padding), got {attention_mask[b, i].item()!r} "
+                f"at [{b}, {i}]."
+            )
+    return input_ids, attention_mask
+
+
+def _check_id_range(input_ids: torch.Tensor, limit: int) -> None:
+    """Refuse ids outside [0, limit) before any forward pass, naming the first one."""
+    bad = (input_ids < 0) | (input_ids >= limit)  # [B, L]
+    if bool(bad.any()):
+        b, i = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"input_ids holds token id {int(input_ids[b, i])} at [{b}, {i}], outside the target's "
+            f"vocabulary of {limit} ids (0..{limit - 1}); check that the tokenizer belongs to the model."
+        )
+
+
+def _prompt_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """One row's prompt: ([1, L'] prompt without left padding, [1, L - L'] the padding)."""
     if attention_mask is None:
         return input_ids, input_ids[:, :0]
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
-            f"{tuple(input_ids.shape)}."
-        )
     mask = attention_mask[0].bool()
     if not mask.any():
         raise ValueError("attention_mask masks every prompt token; nothing to condition on.")
@@ -420,18 +589,6 @@ def _prompt_tokens(input_ids: torch.Tensor | None, attention_mask: torch.Tensor 
             "use left padding (tokenizer.padding_side = 'left')."
         )
     return input_ids[:, first:], input_ids[:, :first]
-
-
-def _max_new_tokens(config: GenerationConfig, input_length: int) -> int:
-    if config.max_new_tokens is not None:
-        return int(config.max_new_tokens)
-    remaining = int(config.max_length) - input_length
-    if remaining <= 0:
-        raise ValueError(
-            f"max_length={config.max_length} leaves no room after a prompt of {input_length} tokens; "
-            "set max_new_tokens."
-        )
-    return remaining
 
 
 def _as_id_list(value) -> list[int]:

@@ -2,10 +2,15 @@
 
 Every distribution that speculative decoding compares (target `p`, draft `q`) goes through the same
 processors that transformers' own `generate()` would apply at that position, with that position's own
-preceding tokens, and is compared in float32.
+preceding tokens (a left-padded row's padding included, as transformers' processors see it), and is
+compared in float32.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
@@ -23,13 +28,51 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
+_List = TypeVar("_List", bound=list)
+
+
+def merge_like_transformers(defaults: _List, custom: Sequence | None) -> _List:
+    """transformers' rule for user processors / stopping criteria (`_merge_criteria_processor_list`,
+    5.x): a user entry of exactly the type of one built from the generation config takes that one's
+    place; the other user entries follow the built ones, in the user's order."""
+    if not custom:
+        return defaults
+    merged = type(defaults)()
+    for default in defaults:
+        replacement = next((c for c in custom if type(c) is type(default)), None)
+        merged.append(default if replacement is None else replacement)
+    for entry in custom:
+        if entry not in merged:
+            merged.append(entry)
+    return merged
+
+
+@functools.cache
+def penalty_skips_padding() -> bool:
+    """Whether this transformers' generate() leaves left padding out of the repetition penalty.
+
+    transformers 5.24 passes every row's padding length to `RepetitionPenaltyLogitsProcessor`
+    (`prompt_ignore_length`, a per-row tensor); 5.17 does not (padding tokens are penalized). The
+    per-row form of the argument arrived with that change, so its presence tells them apart."""
+    try:
+        RepetitionPenaltyLogitsProcessor(1.5, prompt_ignore_length=torch.zeros(1, dtype=torch.long))
+    except (TypeError, ValueError):
+        return False
+    return True
+
 
 class LogitsPipeline:
     """Applies transformers' logits processors (and, when sampling, warpers) per position.
 
     The order follows transformers' `generate()`: processors (repetition penalty, n-gram ban, bad
-    words, minimum length, suppressed tokens, user processors), then warpers (temperature, top-k,
-    top-p, min-p, typical-p) only when sampling.
+    words, minimum length, minimum new tokens, suppressed tokens), the user's processors merged in by
+    `merge_like_transformers` (one of a built type replaces the built one), then warpers
+    (temperature, top-k, top-p, min-p, typical-p) only when sampling.
+
+    prompt_length: the prompt's length as given, left padding included (`min_new_tokens` counts
+    from it, as in transformers). prefix: [P] ids that precede every context passed to `scores`: a
+    left-padded row's padding, which specdec's caches never hold but transformers' processors see
+    (n-gram bans, lengths, the repetition penalty where this transformers counts padding).
     """
 
     def __init__(
@@ -39,18 +82,23 @@ class LogitsPipeline:
         eos_token_ids: list[int],
         user_processors: LogitsProcessorList | None = None,
         device: torch.device | str = "cpu",
+        prefix: torch.Tensor | None = None,
     ) -> None:
         self.do_sample = bool(config.do_sample)
+        self.prefix = None if prefix is None or prefix.numel() == 0 else prefix.reshape(1, -1).to(device)
         processors = LogitsProcessorList()
         if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
-        if config.no_repeat_ngram_size:
+            ignore = None
+            if self.prefix is not None and penalty_skips_padding():
+                ignore = torch.tensor([self.prefix.shape[1]], device=device)  # [1]: this row's padding
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, ignore))
+        if config.no_repeat_ngram_size is not None and config.no_repeat_ngram_size > 0:
             processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
         if config.bad_words_ids is not None:
             processors.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos_token_ids or None))
-        if eos_token_ids and config.min_length:
+        if eos_token_ids and config.min_length is not None and config.min_length > 0:
             processors.append(MinLengthLogitsProcessor(config.min_length, eos_token_ids, device=device))
-        if eos_token_ids and config.min_new_tokens:
+        if eos_token_ids and config.min_new_tokens is not None and config.min_new_tokens > 0:
             processors.append(
                 MinNewTokensLengthLogitsProcessor(
                     prompt_length, config.min_new_tokens, eos_token_ids, device=device
@@ -58,8 +106,7 @@ class LogitsPipeline:
             )
         if config.suppress_tokens is not None:
             processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
-        if user_processors:
-            processors.extend(user_processors)
+        processors = merge_like_transformers(processors, user_processors)
         if self.do_sample:
             if config.temperature is not None and config.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(config.temperature))
@@ -76,10 +123,13 @@ class LogitsPipeline:
     def scores(self, context: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Processed scores of one position.
 
-        context: [1, n] the tokens before this position; logits: [1, V] raw logits -> [1, V] float32.
+        context: [1, n] the tokens before this position (after `prefix`); logits: [1, V] raw logits
+        -> [1, V] float32.
         """
         scores = logits.float()
         if self.processors:
+            if self.prefix is not None:
+                context = torch.cat([self.prefix.to(context.device), context], dim=1)  # [1, P + n]
             scores = self.processors(context, scores)
         return scores
 

@@ -22,10 +22,14 @@ def spec(target):
 
 
 def test_prompt_plus_new_tokens_past_the_context(spec):
-    with pytest.raises(ValueError, match="exceeds the target's context of 64"):
-        spec.generate(prompt(60, 0), max_new_tokens=5)
+    """Not refused up front: generation stops at the context with a warning naming it."""
+    with pytest.warns(UserWarning, match=r"context length \(64 positions\) after 4 new tokens"):
+        out = spec.generate(prompt(60, 0), max_new_tokens=5)
+    assert out.shape[1] == 64
     out = spec.generate(prompt(60, 0), max_new_tokens=4)  # exactly fits
     assert out.shape[1] == 64
+    with pytest.raises(ValueError, match="longer than the target's context of 64"):
+        spec.generate(prompt(65, 0), max_new_tokens=1)
 
 
 @pytest.mark.parametrize("bad", [0, -3])

@@ -173,12 +173,31 @@ def test_stopping_criteria_per_row(target):
             return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool)
 
     ids, mask, prompts = left_padded([3, 9], 500)
-    stop = StoppingCriteriaList([StopAfter(12)])  # the shorter prompt generates more tokens
+    # criteria see each row with its padding, as in transformers' batch: both rows are 9 + 3 long
+    stop = StoppingCriteriaList([StopAfter(12)])
     spec = specdec.wrap(target, target, strategy="chain", num_draft_tokens=3)
     out = spec.generate(ids, attention_mask=mask, max_new_tokens=20, stopping_criteria=stop, pad_token_id=0)
-    expected = [target.generate(p, max_new_tokens=20, do_sample=False)[0, p.shape[1] : 12] for p in prompts]
-    assert [e.shape[0] for e in expected] == [9, 3]
+    expected = [target.generate(p, max_new_tokens=3, do_sample=False)[0, p.shape[1] :] for p in prompts]
     assert_rows_equal(out, ids.shape[1], expected, pad=0)
+    batched = target.generate(
+        ids, attention_mask=mask, max_new_tokens=20, stopping_criteria=stop, pad_token_id=0, do_sample=False
+    )
+    assert torch.equal(out, batched)
+    # a criterion that stops one row: the other goes on, the stopped one is padded
+    first = StoppingCriteriaList([StopWhenFirstTokenIs(int(ids[1, 0]))])
+    out = spec.generate(ids, attention_mask=mask, max_new_tokens=6, stopping_criteria=first, pad_token_id=0)
+    expected = [target.generate(prompts[0], max_new_tokens=6, do_sample=False)[0, 3:], expected[1][:1]]
+    assert_rows_equal(out, ids.shape[1], expected, pad=0)
+
+
+class StopWhenFirstTokenIs(StoppingCriteria):
+    """Stops the rows whose first token (padding included) is `token`."""
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return input_ids[:, 0] == self.token
 
 
 def test_return_dict_and_unpadded_batch(target):
@@ -270,8 +289,11 @@ def test_batch_bad_input(target, small_draft):
     generic = specdec.wrap(target, small_draft, strategy="chain", runtime="transformers")
     with pytest.raises(ValueError, match="batch size > 1 needs specdec's runtime"):
         generic.generate(ids, attention_mask=mask, max_new_tokens=4)
-    with pytest.raises(ValueError, match="exceeds the target's context"):
-        spec.generate(ids, attention_mask=mask, max_new_tokens=251)
+    # max_new_tokens past the context is not refused (rows stop there with a warning); a prompt longer
+    # than the context is
+    long_ids, long_mask, _ = left_padded([4, 257], 810)
+    with pytest.raises(ValueError, match="row 1 .* longer than the target's context of 256"):
+        spec.generate(long_ids, attention_mask=long_mask, max_new_tokens=4)
 
 
 def test_tree_depth_controller_prices_the_nodes_of_each_depth():
