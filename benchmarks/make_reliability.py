@@ -39,6 +39,8 @@ AREAS = {
     "test_numerics": "NaN/inf logits: named errors, recovery",
     "test_safety": "Loading safety (pickle opt-in), recovery after interrupts, cache reuse",
     "test_bad_input": "Bad input: clear errors naming what is wrong",
+    "test_generate_semantics": "generate() as transformers 5: default length, context end, user processors",
+    "test_safe_defaults_api": "Safe defaults: one spec shared by threads, bad ids / types / lengths named",
     "test_components": "Runner rollback, prompt lookup matching, draft-length controller",
     "test_embedded_pair": "Embedded pair: offline loading, tokenizer = training ids, hashes, held-out split",
     "test_make_pair": "Pair builder: deterministic smoke build that loads",

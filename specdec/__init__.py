@@ -73,6 +73,13 @@ def wrap(
     tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
     found next to the models when they were loaded from a local folder.
     """
+    for name, value in (
+        ("cuda_graphs", cuda_graphs),
+        ("trust_remote_code", trust_remote_code),
+        ("allow_pickle", allow_pickle),
+    ):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
     config = SpecConfig(
         strategy=strategy,
         num_draft_tokens=num_draft_tokens,

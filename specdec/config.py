@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
 
 STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "hybrid", "auto", "none")
+
+
+def _is_int(value: object) -> bool:
+    """A Python or NumPy integer that is not a bool (True would pass as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_INTEGER_FIELDS = (
+    "num_draft_tokens",
+    "max_draft_tokens",
+    "tree_budget",
+    "tree_branch",
+    "tree_depth",
+    "prompt_lookup_max_ngram",
+    "prompt_lookup_min_ngram",
+)
 
 
 def strategy_needs_draft(strategy: str) -> bool:
@@ -50,17 +67,21 @@ class SpecConfig:
     prompt_lookup_min_ngram: int = 1
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        for name in _INTEGER_FIELDS:  # NumPy / other integral types become plain ints
+            value = getattr(self, name)
+            if _is_int(value) and type(value) is not int:
+                object.__setattr__(self, name, int(value))
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy={self.strategy!r} is not supported; choose one of {', '.join(STRATEGIES)}."
             )
         if self.num_draft_tokens is not None:
-            if not isinstance(self.num_draft_tokens, int) or self.num_draft_tokens < 1:
+            if not _is_int(self.num_draft_tokens) or self.num_draft_tokens < 1:
                 raise ValueError(
                     f"num_draft_tokens must be an integer >= 1 (or None for adaptive), "
                     f"got {self.num_draft_tokens!r}."
                 )
-        if not isinstance(self.max_draft_tokens, int) or self.max_draft_tokens < 1:
+        if not _is_int(self.max_draft_tokens) or self.max_draft_tokens < 1:
             raise ValueError(f"max_draft_tokens must be an integer >= 1, got {self.max_draft_tokens!r}.")
         if self.tree is not None and self.strategy != "tree":
             raise ValueError(f'tree= is only used with strategy="tree", not strategy="{self.strategy}".')
@@ -74,24 +95,27 @@ class SpecConfig:
                 f'not strategy="{self.strategy}".'
             )
         if self.strategy == "hybrid" and self.tree_budget is not None:
-            if not isinstance(self.tree_budget, int) or not 1 <= self.tree_budget <= MAX_TREE_NODES:
+            if not _is_int(self.tree_budget) or not 1 <= self.tree_budget <= MAX_TREE_NODES:
                 raise ValueError(
                     f"tree_budget must be an integer in [1, {MAX_TREE_NODES}], got {self.tree_budget!r}."
                 )
         if self.strategy == "dynamic-tree":
             budget = 32 if self.tree_budget is None else self.tree_budget
-            if not isinstance(budget, int) or not 1 <= budget <= MAX_TREE_NODES:
+            if not _is_int(budget) or not 1 <= budget <= MAX_TREE_NODES:
                 raise ValueError(f"tree_budget must be an integer in [1, {MAX_TREE_NODES}], got {budget!r}.")
             object.__setattr__(self, "tree_budget", budget)
             for name in ("tree_branch", "tree_depth"):
                 value = getattr(self, name)
-                if not isinstance(value, int) or value < 1:
+                if not _is_int(value) or value < 1:
                     raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if self.num_draft_tokens is not None and self.strategy in ("tree", "dynamic-tree", "hybrid", "auto"):
             raise ValueError(
                 f'num_draft_tokens is for chains; strategy="{self.strategy}" takes its shape from '
                 "tree= or tree_budget=."
             )
+        for name in ("prompt_lookup_max_ngram", "prompt_lookup_min_ngram"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
         if not 1 <= self.prompt_lookup_min_ngram <= self.prompt_lookup_max_ngram:
             raise ValueError(
                 "prompt lookup n-gram sizes must satisfy 1 <= prompt_lookup_min_ngram <= "
