@@ -12,6 +12,7 @@ transformers': prompt as given (left padding kept), new tokens, then `pad_token_
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -73,8 +74,8 @@ class StopRules:
         return tokens, False
 
     def timed_out(self) -> bool:
-        """Whether a `MaxTimeCriteria` (max_time=) has run out."""
-        return any(bool(timer(None, None)) for timer in self.timers)
+        """Whether a `MaxTimeCriteria` (max_time=) has run out (read as its __call__ reads it)."""
+        return any(time.time() - timer.initial_timestamp > timer.max_time for timer in self.timers)
 
     def warn_context(self, generated: list[int], rows: list[int] | None = None, stacklevel: int = 2) -> None:
         """The one warning of a generation in which rows stopped at the target's context.

@@ -342,7 +342,8 @@ class SpeculativeModel:
                     at_context = True
                     break
                 result = engine.step(sequence, budget)
-                tokens, finished = rules.cut(prefix, sequence[0], result.tokens, result.token_ids[:budget])
+                tokens, token_ids = result.tokens[:budget], result.token_ids[:budget]  # [m <= budget]
+                tokens, finished = rules.cut(prefix, sequence[0], tokens, token_ids)
                 sequence = torch.cat([sequence, tokens[None]], dim=1)
                 generated += tokens.shape[0]
                 if want_scores:

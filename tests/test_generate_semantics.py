@@ -17,6 +17,7 @@ from transformers import (
     GenerationConfig,
     LogitsProcessorList,
     MaxLengthCriteria,
+    MaxTimeCriteria,
     RepetitionPenaltyLogitsProcessor,
     StoppingCriteriaList,
 )
@@ -147,6 +148,19 @@ def test_a_user_eos_criterion_replaces_the_configs_eos():
     expected = target_generate(ids, **kwargs)
     assert expected[0, -1] == user_eos
     assert torch.equal(wrap().generate(ids, **kwargs), expected)
+
+
+@pytest.mark.parametrize("how", ["max_time", "criterion"])
+def test_max_time_stops_after_the_step_that_ran_out(how):
+    """max_time=0 (or a user MaxTimeCriteria replacing it) has run out after the first step: the
+    output is the target's, cut after that step's tokens."""
+    ids = prompt(6, 15)
+    kwargs = dict(max_time=0.0) if how == "max_time" else {}
+    if how == "criterion":
+        kwargs["stopping_criteria"] = StoppingCriteriaList([MaxTimeCriteria(max_time=0.0)])
+    out = wrap().generate(ids, max_new_tokens=20, **kwargs)
+    assert 7 <= out.shape[1] <= 6 + 4  # one step: 1 to k + 1 = 4 tokens
+    assert torch.equal(out, target_generate(ids, max_new_tokens=20)[:, : out.shape[1]])
 
 
 # ------------------------------------------------------------ (d) left-padded rows and processors
