@@ -76,6 +76,7 @@ class BatchSpeculativeEngine:
         self.template = template
         self.controller = controller
         self.stats = stats
+        stats.runtime = target.name
         self.generator = generator
         self._steps = 0
 

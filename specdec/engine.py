@@ -60,6 +60,7 @@ class SpeculativeEngine:
         self.controller = controller
         self.pipeline = pipeline
         self.stats = stats
+        stats.runtime = target.name
         self.generator = generator
         self.clock = StepClock(target.device)  # 0: step start, 1: draft done, 2: verified and judged
         self._steps = 0

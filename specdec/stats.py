@@ -17,7 +17,11 @@ class GenerationStats:
     Times are wall-clock seconds; `rest_time` is everything outside drafting and verification.
     """
 
+    #: The runner that ran the target: "specdec" / "compiled" (specdec's own forward) or "transformers".
+    runtime: str = ""
     target_passes: int = 0
+    #: Target passes that verified a branching tree (more draft nodes than levels), not a chain.
+    tree_passes: int = 0
     new_tokens: int = 0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
@@ -53,6 +57,7 @@ class GenerationStats:
         """One target pass that verified `num_drafted` draft nodes in a tree of `depth` levels (a chain
         of k: k nodes, depth k), kept a path of `num_accepted`, and committed `num_committed` tokens."""
         self.target_passes += 1
+        self.tree_passes += int(num_drafted > depth)
         self.new_tokens += num_committed
         self.drafted_tokens += num_drafted
         self.accepted_tokens += num_accepted
@@ -77,7 +82,9 @@ class GenerationStats:
 
     def as_dict(self) -> dict:
         return {
+            "runtime": self.runtime,
             "target_passes": self.target_passes,
+            "tree_passes": self.tree_passes,
             "new_tokens": self.new_tokens,
             "drafted_tokens": self.drafted_tokens,
             "accepted_tokens": self.accepted_tokens,
@@ -95,7 +102,8 @@ class GenerationStats:
     def summary(self) -> str:
         per_pos = " ".join(f"{a:.2f}" for a in self.acceptance_per_position)
         return (
-            f"{self.new_tokens} tokens in {self.target_passes} target passes (tau {self.tau:.2f}), "
+            f"{self.new_tokens} tokens in {self.target_passes} target passes ({self.tree_passes} trees; "
+            f"runtime {self.runtime or '?'}; tau {self.tau:.2f}), "
             f"accepted {self.accepted_tokens}/{self.drafted_tokens} drafts; per position [{per_pos}]; "
             f"time draft {self.draft_time:.3f}s verify {self.verify_time:.3f}s rest {self.rest_time:.3f}s"
         )

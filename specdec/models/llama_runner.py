@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from specdec.kernels import dense_tree_mask, resolve_backend, tree_attention
+from specdec.models.masks import MaskPlan, plan_masks
 from specdec.models.module_calls import ModuleCalls
 from specdec.models.runner import (
     CausalRunner,
@@ -137,6 +138,11 @@ class LlamaRunner:
         self._values: list[torch.Tensor] = []
         self.batch_size = 1
         self.lengths: list[int] = [0]
+
+    @property
+    def name(self) -> str:
+        """The runtime's name, as `stats.runtime` reports it."""
+        return "compiled" if self.compiled else "specdec"
 
     # ------------------------------------------------------------------ one-row interface
     @property
@@ -594,3 +600,12 @@ def make_runner(
             f"{type(model).__name__} with runtime={runtime!r} runs without graphs: pass cuda_graphs=False."
         )
     return CausalRunner(model)
+
+
+def tree_support(model: PreTrainedModel, runtime: str = "auto") -> str | None:
+    """None when token trees verify exactly on the runner `make_runner(model, runtime)` builds, else a
+    one-line reason (an attention implementation that takes no tree mask, an unknown layer type)."""
+    if runtime != "transformers" and supports_llama_runner(model):
+        return None
+    plan = plan_masks(model)
+    return None if isinstance(plan, MaskPlan) else plan

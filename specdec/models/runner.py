@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from specdec.cache import cache_length, compact_cache, new_cache, truncate_cache
+from specdec.models.masks import MaskPlan, build_masks, plan_masks
 
 
 def _cache_keyword(model: PreTrainedModel) -> str:
@@ -70,6 +71,7 @@ def full_attention(attention: torch.Tensor, cached: int, device: torch.device) -
 class Runner(Protocol):
     """What the engine needs of a model: incremental forward passes over a KV cache it owns."""
 
+    name: str
     device: torch.device
     vocab_size: int
     context_length: int | None
@@ -91,7 +93,15 @@ class Runner(Protocol):
 
 
 class CausalRunner:
-    """Incremental forward passes of one causal LM over its KV cache."""
+    """Incremental forward passes of one causal LM over its KV cache, through transformers' forward.
+
+    Masks for trees (and for any pass on a windowed model) are built here in the form the model's
+    attention implementation takes, with each layer type's window (`specdec.models.masks`); the
+    position id of every cached slot is kept, since a tree's slots and positions differ.
+    `tree_support` is None when trees verify exactly on this model, else the reason they cannot.
+    """
+
+    name = "transformers"
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
@@ -100,7 +110,11 @@ class CausalRunner:
         self.context_length = context_length(model)
         self._cache_kw = _cache_keyword(model)
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        plan = plan_masks(model)
+        self._mask_plan: MaskPlan | None = plan if isinstance(plan, MaskPlan) else None
+        self.tree_support: str | None = None if isinstance(plan, MaskPlan) else plan
         self.cache = new_cache()
+        self._positions = torch.empty(0, dtype=torch.long, device=self.device)  # [length] position ids
 
     @property
     def length(self) -> int:
@@ -109,6 +123,7 @@ class CausalRunner:
 
     def reset(self) -> None:
         self.cache = new_cache()
+        self._positions = self._positions[:0]
 
     @torch.inference_mode()
     def extend(
@@ -131,26 +146,55 @@ class CausalRunner:
         start = self.length
         if positions is None:
             positions = torch.arange(start, start + n, device=self.device)
+        positions = positions.to(self.device)  # [n]
         kwargs = {self._cache_kw: self.cache}
-        if attention is not None:
-            kwargs["attention_mask"] = full_attention(attention, start, self.device)[
-                None, None
-            ]  # [1, 1, n, start + n]
+        mask = self._attention_mask(attention, positions, start)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = num_logits
         out = self.model(
             input_ids=tokens.to(self.device)[None],
-            position_ids=positions.to(self.device)[None],
+            position_ids=positions[None],
             use_cache=True,
             **kwargs,
         )
+        self._positions = torch.cat([self._positions, positions])
         return out.logits[0, -num_logits:]  # [num_logits, V]
+
+    def _attention_mask(
+        self, attention: torch.Tensor | None, positions: torch.Tensor, start: int
+    ) -> torch.Tensor | dict[str, torch.Tensor] | None:
+        """The attention_mask argument: None lets the model build its own causal (and windowed) mask,
+        right when the block is causal and every cached slot holds its own position."""
+        plan = self._mask_plan
+        if attention is None:
+            if plan is None or not plan.windowed or self._slots_are_positions(positions, start):
+                return None
+            n = positions.shape[0]
+            attention = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+        if plan is None:
+            raise ValueError(
+                f"cannot verify a token tree on this model: {self.tree_support}; use a chain strategy."
+            )
+        allowed = full_attention(attention, start, self.device)  # [n, start + n]
+        keys = torch.cat([self._positions, positions])  # [start + n]
+        return build_masks(plan, allowed, positions, keys, self.model.dtype)
+
+    def _slots_are_positions(self, positions: torch.Tensor, start: int) -> bool:
+        """True when cached and new slot i holds position i (a plain sequential decode)."""
+        n = positions.shape[0]
+        expected = torch.arange(start + n, device=self.device)
+        return bool(torch.equal(torch.cat([self._positions, positions]), expected))
 
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` positions."""
         truncate_cache(self.cache, length)
+        self._positions = self._positions[:length]
 
     @torch.inference_mode()
     def compact(self, start: int, rows: list[int]) -> None:
         """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
         compact_cache(self.cache, start, rows)
+        kept = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self._positions = torch.cat([self._positions[:start], self._positions[kept]])
