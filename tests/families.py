@@ -111,6 +111,8 @@ FAMILIES: dict[str, Callable[[], tuple[type, object]]] = {
             **_decoder(head_dim=16, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)
         ),
     ),
+    "qwen2-full": lambda: (Qwen2ForCausalLM, Qwen2Config(**_decoder())),
+    "qwen3-full": lambda: (Qwen3ForCausalLM, Qwen3Config(**_decoder(head_dim=16))),
     "mistral": lambda: (MistralForCausalLM, MistralConfig(**_decoder(sliding_window=WINDOW))),
     "gemma": lambda: (GemmaForCausalLM, GemmaConfig(**_decoder(head_dim=16, tie_word_embeddings=False))),
     "gemma2": lambda: (
@@ -140,6 +142,8 @@ FAMILIES: dict[str, Callable[[], tuple[type, object]]] = {
     ),
 }
 
+#: Families specdec's own runner serves under runtime="auto" (Llama layout, no window).
+OWN_RUNNER = ("qwen2-full", "qwen3-full", "llama-variants")
 #: Families whose modeling code has no SDPA path (transformers refuses attn_implementation="sdpa").
 EAGER_ONLY = ("gemma2",)
 

@@ -4,7 +4,8 @@ attention and with SDPA, sliding windows shorter than the sequence, and trees re
 The matrix: GPT-2, OPT, GPT-NeoX, Qwen2 / Qwen3 (one windowed and one full layer), Mistral and Phi-3
 (every layer windowed), Gemma, Gemma-2 / Gemma-3 (alternating windowed and full layers; Gemma-2 has no
 SDPA path), a Llama with tied embeddings, linear rope scaling, biases and head_dim != hidden / heads
-(on specdec's runner and on transformers' forward). Windows are 6 positions; prompt + new tokens 26.
+(on specdec's runner and on transformers' forward), Qwen2 and Qwen3 without windows on both runners.
+Windows are 6 positions; prompt + new tokens 26.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import specdec
 from specdec.costs import CostProfile
 from specdec.models.masks import MaskPlan, build_masks, plan_masks
-from tests.families import EAGER_ONLY, FAMILIES, WINDOW, build, draft_for
+from tests.families import EAGER_ONLY, FAMILIES, OWN_RUNNER, WINDOW, build, draft_for
 from tests.test_generate_sampling import SAMPLE_KWARGS, V, chi_square_pvalue, exact_joint
 
 CELLS = [
@@ -23,7 +24,7 @@ CELLS = [
     for family in FAMILIES
     for attention in ("eager", "sdpa")
     if not (attention == "sdpa" and family in EAGER_ONLY)
-] + [("llama-variants", "eager", "transformers"), ("llama-variants", "sdpa", "transformers")]
+] + [(family, attention, "transformers") for family in OWN_RUNNER for attention in ("eager", "sdpa")]
 
 #: strategy -> wrap() options; tree strategies must show verified trees in their stats.
 STRATEGIES = {
@@ -71,7 +72,7 @@ def test_every_strategy_greedy_identical(family, attention, runtime):
             f"{strategy}: {out[0, 10:].tolist()} != {expected[0, 10:].tolist()}"
         )
         stats = spec.stats
-        expected_runtime = "specdec" if family == "llama-variants" and runtime == "auto" else "transformers"
+        expected_runtime = "specdec" if family in OWN_RUNNER and runtime == "auto" else "transformers"
         assert stats.runtime == expected_runtime
         if strategy in TREE_STRATEGIES:
             assert stats.tree_passes > 0, f"{strategy} verified no tree ({stats.draft_lengths})"

@@ -30,7 +30,9 @@ from specdec.models.runner import (
 from specdec.models.static_pass import StaticPass, bucket
 from specdec.tree import MAX_TREE_NODES
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+#: Llama-layout families: pre-norm decoder, rotary, gated MLP; Qwen2 adds q/k/v biases (F.linear takes
+#: them), Qwen3 an RMSNorm over each head's q and k before the rotary embedding.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def graphs_possible(model: PreTrainedModel, calls: ModuleCalls) -> bool:
@@ -45,11 +47,15 @@ def graphs_possible(model: PreTrainedModel, calls: ModuleCalls) -> bool:
 
 
 def supports_llama_runner(model: PreTrainedModel) -> bool:
-    """True for Llama-layout decoders this runner reproduces exactly (no sliding window)."""
+    """True for Llama-layout decoders this runner reproduces exactly: every layer full attention (a
+    model with sliding windows runs on transformers' forward, where `specdec.models.masks` combines
+    the windows with tree masks)."""
     config = model.config
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
     if getattr(config, "sliding_window", None) is not None:
+        return False
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
     inner = getattr(model, "model", None)
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
@@ -464,6 +470,8 @@ class LlamaRunner:
             linear(attn.k_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
         )  # [B, Hkv, n, D]
         v = linear(attn.v_proj, x).view(batch, n, self._kv_heads, self._head_dim).transpose(1, 2)
+        if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMSNorm over each head's D
+            q, k = self._calls.norm(attn.q_norm, q), self._calls.norm(attn.k_norm, k)
         q, k = self._calls.rotate(q, k, cos, sin)
         keys, values = self._keys[index][:batch], self._values[index][:batch]  # [B, Hkv, capacity, D]
         if block.slots is None:  # every row starts at the same position

@@ -22,7 +22,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 #: Rotary types whose inverse frequencies do not depend on the sequence length (a table is exact).
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")
 #: Norm classes whose forward is weight * x / sqrt(mean(x^2) + variance_epsilon), as F.rms_norm's.
-RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm")
+RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 
 
 def can_call_directly(model: nn.Module) -> bool:
