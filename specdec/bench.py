@@ -32,6 +32,7 @@ class RunResult:
     new_tokens: int
     seconds: float
     tau: float | None = None
+    runtime: str | None = None  # the runner that ran the target (stats.runtime), for specdec methods
     acceptance_per_depth: list[float] = field(default_factory=list)
     draft_seconds: float | None = None
     verify_seconds: float | None = None
@@ -152,6 +153,7 @@ def run_benchmark(
             )
             if stats is not None:
                 result.tau = stats.tau
+                result.runtime = stats.runtime
                 result.acceptance_per_depth = stats.acceptance_per_position
                 result.draft_seconds = stats.draft_time
                 result.verify_seconds = stats.verify_time
@@ -186,9 +188,11 @@ def summarize(results: Sequence[RunResult], reference: str = "target") -> list[d
         draft = [r.draft_seconds for r in runs if r.draft_seconds is not None]
         verify = [r.verify_seconds for r in runs if r.verify_seconds is not None]
         total_seconds = sum(r.seconds for r in runs)
+        runtimes = sorted({r.runtime for r in runs if r.runtime})
         rows.append(
             {
                 "method": name,
+                "runtime": "/".join(runtimes),
                 "tokens_per_second": rate,
                 "speedup": rate / base_rate if base_rate else None,
                 "tau": sum(taus) / len(taus) if taus else None,
@@ -209,9 +213,9 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     lines = [
-        "| method | tokens/s | speedup | tau | accept. per depth | draft / verify time | identical "
+        "| method | runtime | tokens/s | speedup | tau | accept. per depth | draft / verify time | identical "
         "| distinct 4-grams |",
-        "|---|---:|---:|---:|---|---|---:|---:|",
+        "|---|---|---:|---:|---:|---|---|---:|---:|",
     ]
     for row in rows:
         speedup = f"{row['speedup']:.2f}x" if row["speedup"] is not None else ""
@@ -221,7 +225,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         if row["draft_share"] is not None:
             split = f"{100 * row['draft_share']:.0f}% / {100 * row['verify_share']:.0f}%"
         lines.append(
-            f"| {row['method']} | {row['tokens_per_second']:.1f} | {speedup} | {tau} | {depth} | {split} | "
+            f"| {row['method']} | {row.get('runtime', '')} | {row['tokens_per_second']:.1f} | {speedup} "
+            f"| {tau} | {depth} | {split} | "
             f"{row['identical']} | {_fmt(row['distinct_4gram'])} |"
         )
     return "\n".join(lines)
