@@ -116,7 +116,8 @@ class SpeculativeModel:
     @property
     def stats(self) -> GenerationStats | None:
         """Statistics of this thread's last generate() call (else of the last call in any thread)."""
-        return getattr(self._thread_stats, "stats", None) or self._last_stats
+        mine = getattr(self._thread_stats, "stats", None)
+        return mine if mine is not None else self._last_stats
 
     @stats.setter
     def stats(self, value: GenerationStats | None) -> None:
@@ -542,6 +543,8 @@ def _take_inputs(inputs: torch.Tensor | None, kwargs: dict) -> tuple[torch.Tenso
             f"input_ids must hold integer token ids, got dtype {dtype}; pass the tokenizer's ids "
             "(e.g. input_ids.long())."
         )
+    if input_ids.shape[0] == 0:
+        raise ValueError("input_ids has no rows: give at least one prompt ([batch >= 1, length]).")
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty: give at least one prompt token (e.g. the BOS token).")
     if attention_mask is not None:
