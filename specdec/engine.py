@@ -17,12 +17,11 @@ from specdec.acceptance import (
     stochastic_tree_outcome,
     stochastic_tree_result,
 )
-from specdec.adaptive import DraftLengthController
 from specdec.drafters.base import Draft, Drafter
 from specdec.errors import NonFiniteLogitsError
 from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline, probabilities
-from specdec.shaping import AutoShapeController, DraftPlan
+from specdec.shaping import DraftPlan, Planner
 from specdec.stats import GenerationStats
 from specdec.timing import StepClock
 
@@ -50,7 +49,7 @@ class SpeculativeEngine:
         self,
         target: Runner,
         drafter: Drafter,
-        controller: DraftLengthController | AutoShapeController,
+        controller: Planner,
         pipeline: LogitsPipeline,
         stats: GenerationStats,
         generator: torch.Generator | None = None,
@@ -74,7 +73,7 @@ class SpeculativeEngine:
         """Depth for this step: the plan's, capped so that no token is drafted past the budget (the
         target adds one token itself) or past the draft model's context."""
         k = min(planned, budget - 1)
-        draft_context = getattr(self.drafter, "context_length", None)
+        draft_context = self.drafter.context_length
         if draft_context is not None:
             k = min(k, draft_context - sequence_length + 1)
         return max(k, 0)
@@ -82,8 +81,8 @@ class SpeculativeEngine:
     def step(self, sequence: torch.Tensor, budget: int) -> StepResult:
         """Advance by one target pass. sequence: [1, N] committed tokens; budget: tokens still allowed."""
         n_committed = sequence.shape[1]
-        free = getattr(self.drafter, "free_candidates", None)  # n-gram copies: reach per position
-        plan = self.controller.plan(free(sequence, self.pipeline.do_sample) if free is not None else ())
+        free = self.drafter.free_candidates(sequence, self.pipeline.do_sample)  # n-gram copies' reach
+        plan = self.controller.plan(free)
         max_depth = self._draft_length(n_committed, budget, plan.max_depth)
         first = self._steps == 0
 
@@ -144,17 +143,13 @@ class SpeculativeEngine:
             planned=draft.planned,
         )
         self._steps += 1
-        committed = getattr(self.drafter, "committed", None)  # drafters that search host ids
-        if committed is not None:
-            committed(token_ids)
+        self.drafter.committed(token_ids)  # drafters that search host ids
         return StepResult(tokens, token_ids, scores[rows], logits[rows].float(), t, n)
 
     def _propose(self, sequence: torch.Tensor, max_depth: int, plan: DraftPlan) -> Draft:
         if max_depth <= 0:
             return Draft(sequence.new_empty(0))
-        if plan.tree is not None:
-            return self.drafter.propose(sequence, max_depth, self.pipeline, self.generator, tree=plan.tree)
-        return self.drafter.propose(sequence, max_depth, self.pipeline, self.generator)
+        return self.drafter.propose(sequence, max_depth, self.pipeline, self.generator, tree=plan.tree)
 
     def _verify(self, sequence: torch.Tensor, draft: Draft) -> torch.Tensor:
         """Target logits [T + 1, V]: row 0 after the committed sequence, row i + 1 after node i."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from specdec.costs import CostProfile
 from specdec.tree import Tree
@@ -25,6 +26,26 @@ class DraftPlan:
 
     max_depth: int
     tree: Tree | None = None
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """Plans each step's draft (chain length or tree shape) from what the steps so far measured:
+    `DraftLengthController` (chains) and `AutoShapeController` (chains and trees)."""
+
+    def plan(self, free_reach: Sequence[float] = ()) -> DraftPlan:
+        """This step's plan; free_reach[j]: the chance free candidates (n-gram copies) are followed
+        past position j, which drafted nodes must beat."""
+
+    def observe_step(
+        self,
+        tree: Tree,
+        path: tuple[int, ...],
+        draft_time: float | None,
+        verify_time: float | None,
+        planned: list[bool] | None = None,
+    ) -> None:
+        """A verified draft `tree`, its accepted `path` and the step's times (None: not counted)."""
 
 
 class RankAcceptance:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -58,15 +58,24 @@ def draft_tokens_on_host(draft: Draft) -> list[int]:
     return tokens
 
 
+@runtime_checkable
 class Drafter(Protocol):
-    """A source of draft tokens. Implementations may keep state (a KV cache) between steps."""
+    """A source of draft tokens: everything the engine calls. Implementations may keep state (a KV
+    cache, a host copy of the committed ids) between steps."""
 
     name: str
     #: True when proposing costs model forward passes (its time is worth measuring per token).
     uses_model: bool
+    #: Positions the drafter's model can hold (the engine caps the draft depth by it); None: no limit.
+    context_length: int | None
 
     def begin(self) -> None:
         """Start a new generation (drop any state from a previous one)."""
+
+    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
+        """Per position j of candidates that cost no draft pass (n-gram copies) after `sequence`
+        ([1, N]): the chance the accepted path follows them past j, which a planner must beat with
+        draft-model nodes. Empty when there are none."""
 
     def propose(
         self,
@@ -74,12 +83,15 @@ class Drafter(Protocol):
         max_depth: int,
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
+        tree: Tree | None = None,
     ) -> Draft:
-        """Candidates following `sequence` ([1, N] committed tokens), at most `max_depth` deep."""
+        """Candidates following `sequence` ([1, N] committed tokens), at most `max_depth` deep; `tree`
+        (a planned static shape) overrides the drafter's own shape for this step where it has one."""
 
     def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
         """After verification: the first `committed_length` tokens were committed before this step and
-        the draft nodes on `path` (root first) were accepted; anything else the drafter holds is stale.
+        the draft nodes on `path` (root first) were accepted; anything else the drafter holds is stale."""
 
-        A drafter may also define `committed(token_ids: list[int])`: the engine then hands it the
-        step's committed tokens as host ints (read in the step's one sync), e.g. for n-gram search."""
+    def committed(self, token_ids: list[int]) -> None:
+        """The step's committed tokens as host ints (read in the step's one sync), e.g. for n-gram
+        search over a host copy of the sequence."""

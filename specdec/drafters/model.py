@@ -94,6 +94,13 @@ class ModelDrafter:
         self.runner.reset()
         self._node_rows = {}
 
+    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
+        """Every candidate of a draft model costs a draft pass."""
+        return []
+
+    def committed(self, token_ids: list[int]) -> None:
+        """Nothing to keep: the draft's own cache holds the committed tokens."""
+
     # ------------------------------------------------------------------ propose
     def propose(
         self,

@@ -7,6 +7,7 @@ import torch
 from specdec.drafters.base import Draft
 from specdec.drafters.history import HostHistory
 from specdec.sampling import LogitsPipeline
+from specdec.tree import Tree
 
 
 def find_continuation(sequence: torch.Tensor, k: int, max_ngram: int, min_ngram: int) -> torch.Tensor:
@@ -72,13 +73,19 @@ class PromptLookupDrafter:
     def begin(self) -> None:
         self.history.reset()
 
+    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
+        """Its copies are the draft itself, not free extras beside a model's draft."""
+        return []
+
     def propose(
         self,
         sequence: torch.Tensor,
         max_depth: int,
         pipeline: LogitsPipeline,
         generator: torch.Generator | None,
+        tree: Tree | None = None,
     ) -> Draft:
+        """The longest n-gram copy (a chain; `tree` is not used: a copy has one continuation)."""
         ids = self.history.view(sequence)  # [N] host
         copy = find_continuation(ids, max_depth, self.max_ngram, self.min_ngram)  # [<= max_depth]
         return Draft(copy.to(sequence.device), None)
@@ -101,8 +108,14 @@ class NoDrafter:
     def begin(self) -> None:
         """Stateless."""
 
-    def propose(self, sequence, max_depth, pipeline, generator) -> Draft:
+    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
+        return []
+
+    def propose(self, sequence, max_depth, pipeline, generator, tree=None) -> Draft:
         return Draft(sequence.new_empty(0))
 
     def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+        """Stateless."""
+
+    def committed(self, token_ids: list[int]) -> None:
         """Stateless."""
