@@ -34,7 +34,7 @@ AREAS = {
     "test_shaping": "Run-time tree planning: optimality by brute force, cost model, controller",
     "test_families": "Exact on every family: GPT-2, OPT, GPT-NeoX, Qwen2/3, Mistral, Phi-3, Gemma 1-3, Llama "
     "variants x eager/SDPA x every strategy (greedy identity, trees verified, windows), tree chi-square",
-    "test_interfaces": "The engine's interfaces: every drafter is a Drafter, every planner a Planner (Protocols)",
+    "test_interfaces": "Engine interfaces: every drafter is a Drafter, every planner a Planner (Protocols)",
     "test_runners": "specdec runner vs transformers forward (1e-5), runtimes, generic models",
     "test_compiled_runner": 'runtime="compiled" (torch.compile) passes equal eager passes (1e-5), '
     "one row and batches; greedy generate() identical; no C++ compiler: clear error",
