@@ -38,8 +38,6 @@ class StepResult:
     token_ids: list[int]
     scores: torch.Tensor
     logits: torch.Tensor
-    num_drafted: int
-    num_accepted: int
 
 
 class SpeculativeEngine:
@@ -144,7 +142,7 @@ class SpeculativeEngine:
         )
         self._steps += 1
         self.drafter.committed(token_ids)  # drafters that search host ids
-        return StepResult(tokens, token_ids, scores[rows], logits[rows].float(), t, n)
+        return StepResult(tokens, token_ids, scores[rows], logits[rows].float())
 
     def _propose(self, sequence: torch.Tensor, max_depth: int, plan: DraftPlan) -> Draft:
         if max_depth <= 0:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
@@ -80,25 +78,6 @@ class GenerationStats:
             for source in sources[node]:
                 self.per_source[source]["accepted"] += 1
 
-    def as_dict(self) -> dict:
-        return {
-            "runtime": self.runtime,
-            "target_passes": self.target_passes,
-            "tree_passes": self.tree_passes,
-            "new_tokens": self.new_tokens,
-            "drafted_tokens": self.drafted_tokens,
-            "accepted_tokens": self.accepted_tokens,
-            "tau": self.tau,
-            "acceptance_rate": self.acceptance_rate,
-            "acceptance_per_position": self.acceptance_per_position,
-            "draft_time_s": self.draft_time,
-            "verify_time_s": self.verify_time,
-            "rest_time_s": self.rest_time,
-            "total_time_s": self.total_time,
-            "tokens_per_second": self.tokens_per_second,
-            "per_source": self.per_source,
-        }
-
     def summary(self) -> str:
         per_pos = " ".join(f"{a:.2f}" for a in self.acceptance_per_position)
         return (
@@ -107,26 +86,3 @@ class GenerationStats:
             f"accepted {self.accepted_tokens}/{self.drafted_tokens} drafts; per position [{per_pos}]; "
             f"time draft {self.draft_time:.3f}s verify {self.verify_time:.3f}s rest {self.rest_time:.3f}s"
         )
-
-
-class Stopwatch:
-    """Accumulates wall time of labelled sections into a GenerationStats."""
-
-    def __init__(self, stats: GenerationStats) -> None:
-        self.stats = stats
-
-    @contextmanager
-    def draft(self):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stats.draft_time += time.perf_counter() - start
-
-    @contextmanager
-    def verify(self):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stats.verify_time += time.perf_counter() - start

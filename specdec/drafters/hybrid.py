@@ -21,7 +21,7 @@ from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
 
 MODEL, NGRAM = "draft-model", "prompt-lookup"
-DECAY = 0.9  # weight of the past in the copy acceptance statistics
+DECAY = 0.9  # weight of the past in the per-source and copy acceptance statistics
 
 
 class HybridDrafter:
@@ -193,7 +193,7 @@ class HybridDrafter:
             self.model.observe(committed_length, path)
             return
         for source in self._rates:
-            self._rates[source] = [v * 0.9 for v in self._rates[source]]
+            self._rates[source] = [v * DECAY for v in self._rates[source]]
         for node_sources in self._sources:
             for source in node_sources:
                 self._rates[source][1] += 1.0
