@@ -43,11 +43,11 @@ THREADS, CALLS = 4, 10
 def test_one_spec_shared_by_four_threads_gives_every_thread_the_exact_output():
     """4 threads x 10 greedy calls of different prompt lengths on one SpeculativeModel; every output
     equals target.generate, and each thread's spec.stats is its own last call's."""
-    jobs = [
-        [(prompt(3 + (t * CALLS + c) % 11, 100 * t + c), 4 + c % 5) for c in range(CALLS)]
-        for t in range(THREADS)
-    ]
-    expected = [[target_greedy(ids, new) for ids, new in thread] for thread in jobs]
+    calls = [(prompt(3 + 2 * c, 100 + c), 4 + c % 5) for c in range(CALLS)]  # prompts of 3..21 tokens
+    wanted = [target_greedy(ids, new) for ids, new in calls]
+    # every thread makes the 10 calls, each thread starting at another one (other lengths at once)
+    jobs = [[calls[(t * 3 + c) % CALLS] for c in range(CALLS)] for t in range(THREADS)]
+    expected = [[wanted[(t * 3 + c) % CALLS] for c in range(CALLS)] for t in range(THREADS)]
     shared = spec()
     results: list[list] = [[None] * CALLS for _ in range(THREADS)]
     start = threading.Barrier(THREADS)
