@@ -10,26 +10,6 @@ from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
 
 
-def find_continuation(sequence: torch.Tensor, k: int, max_ngram: int, min_ngram: int) -> torch.Tensor:
-    """Tokens that followed an earlier occurrence of the sequence's last n tokens.
-
-    sequence: [N] long. Tries n = max_ngram down to min_ngram. Among the matches of the longest n that
-    matches, takes the most recent one that still has k tokens after it (recent text is the likeliest
-    to repeat), else the earliest (it has the longest continuation). Returns up to k tokens ([<= k]);
-    empty when nothing matches.
-    """
-    length = sequence.shape[0]
-    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
-        pattern = sequence[-n:]  # [n]
-        windows = sequence[:-1].unfold(0, n, 1)  # [N - n, n]; excludes the suffix itself
-        hits = (windows == pattern).all(dim=1).nonzero().flatten()  # [h] match starts, ascending
-        if hits.numel():
-            full = hits[hits + n + k <= length]
-            start = int(full[-1] if full.numel() else hits[0]) + n
-            return sequence[start : start + k]
-    return sequence.new_empty(0)
-
-
 def find_continuations(
     sequence: torch.Tensor, k: int, max_ngram: int, min_ngram: int, max_candidates: int
 ) -> list[torch.Tensor]:
@@ -52,6 +32,15 @@ def find_continuations(
             if len(found) >= max_candidates:
                 return found
     return found
+
+
+def find_continuation(sequence: torch.Tensor, k: int, max_ngram: int, min_ngram: int) -> torch.Tensor:
+    """Tokens that followed an earlier occurrence of the sequence's last n tokens: the first of
+    `find_continuations` ([<= k]; empty when nothing matches). Tries n = max_ngram down to min_ngram;
+    among the matches of the longest n that matches, takes the most recent one that still has k tokens
+    after it (recent text is the likeliest to repeat), else the earliest (the longest continuation)."""
+    found = find_continuations(sequence, k, max_ngram, min_ngram, max_candidates=1)
+    return found[0] if found else sequence.new_empty(0)
 
 
 class PromptLookupDrafter:
