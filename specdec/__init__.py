@@ -17,7 +17,7 @@ from specdec.config import STRATEGIES, SpecConfig
 from specdec.errors import NonFiniteLogitsError
 from specdec.generate import SpeculativeModel
 from specdec.models.embedded import EmbeddedPairError, heldout_code_prompts, load_embedded_pair
-from specdec.models.loading import load_causal_lm
+from specdec.models.loading import ModelSourceError, load_causal_lm
 from specdec.stats import GenerationStats
 from specdec.vocab import VocabularyMismatchError
 
@@ -27,6 +27,7 @@ __all__ = [
     "STRATEGIES",
     "EmbeddedPairError",
     "GenerationStats",
+    "ModelSourceError",
     "NonFiniteLogitsError",
     "SpecConfig",
     "SpeculativeModel",
@@ -50,6 +51,10 @@ def wrap(
     max_draft_tokens: int = 8,
     tree: object = None,
     tree_budget: int | None = None,
+    tree_branch: int = SpecConfig.tree_branch,
+    tree_depth: int = SpecConfig.tree_depth,
+    prompt_lookup_max_ngram: int = SpecConfig.prompt_lookup_max_ngram,
+    prompt_lookup_min_ngram: int = SpecConfig.prompt_lookup_min_ngram,
     runtime: str = "auto",
     cuda_graphs: bool = False,
     trust_remote_code: bool = False,
@@ -61,7 +66,11 @@ def wrap(
     `AutoModelForCausalLM.from_pretrained(..., dtype=dtype, device_map=device_map)`.
     strategy: "chain" (draft model, k tokens in a line), "tree" (static token tree, `tree=` a
     branching tuple such as (4, 2, 2, 1) or a list of rank paths), "dynamic-tree" (EAGLE-2 style,
-    `tree_budget=` nodes per step) or "prompt-lookup" (n-gram matches, draft=None).
+    `tree_budget=` nodes per step, `tree_branch=` children per node, `tree_depth=` levels),
+    "prompt-lookup" (n-gram matches, draft=None; `prompt_lookup_max_ngram` / `_min_ngram`), "hybrid"
+    (n-gram copies and draft-model candidates merged into one tree), "auto" (chain or tree, shape and
+    size planned every step from measured acceptance and costs) or "none" (no speculation: the
+    runtime alone, a baseline).
     num_draft_tokens: fixed chain length k, or None to adapt k every step (up to max_draft_tokens).
     runtime: "auto" (specdec's own lean forward and preallocated KV cache for Llama-layout models,
     transformers' forward otherwise), "specdec" (require the lean forward), "compiled" (the lean
@@ -70,6 +79,8 @@ def wrap(
     cuda_graphs: run the runtime's draft and verify passes as CUDA graphs captured once per shape
     (blocks padded to 1, 2, 4, ..., 128 tokens); needs each model whole on one CUDA device.
     trust_remote_code / allow_pickle: off unless passed (remote code; pickle checkpoints).
+    A path-like target/draft that does not exist raises ModelSourceError before any hub call; an
+    unknown or unreachable hub id raises ModelSourceError naming the cause.
     tokenizer / draft_tokenizer: used to check that both models map ids to the same tokens;
     found next to the models when they were loaded from a local folder.
     """
@@ -86,6 +97,10 @@ def wrap(
         max_draft_tokens=max_draft_tokens,
         tree=tree,
         tree_budget=tree_budget,
+        tree_branch=tree_branch,
+        tree_depth=tree_depth,
+        prompt_lookup_max_ngram=prompt_lookup_max_ngram,
+        prompt_lookup_min_ngram=prompt_lookup_min_ngram,
     )
     target_model = load_causal_lm(target, "target", dtype, device_map, trust_remote_code, allow_pickle)
     draft_model = None

@@ -2,6 +2,7 @@
 
 import functools
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,12 +58,9 @@ def test_greedy_output_equals_target_for_any_options(o):
     gen = dict(
         max_new_tokens=o["max_new_tokens"], eos_token_id=o["eos"], repetition_penalty=o["repetition_penalty"]
     )
-    if ids.shape[1] + o["max_new_tokens"] > 96:  # the documented ValueError
-        try:
-            spec.generate(ids, **gen)
-        except ValueError as error:
-            assert "exceeds the target's context" in str(error)
-            return
-        raise AssertionError("expected a ValueError past the context")
     expected = target.generate(ids, do_sample=False, pad_token_id=0, **gen)
+    if expected.shape[1] > 96:  # past the context: specdec stops there with the documented warning
+        with pytest.warns(UserWarning, match=r"context length \(96 positions\)"):
+            assert torch.equal(spec.generate(ids, **gen), expected[:, :96])
+        return
     assert torch.equal(spec.generate(ids, **gen), expected)

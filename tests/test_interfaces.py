@@ -34,3 +34,21 @@ def test_every_planner_implements_the_protocol():
 def test_engine_calls_drafters_only_through_the_protocol():
     source = inspect.getsource(engine)
     assert "getattr(self.drafter" not in source
+
+
+def test_wrap_takes_every_specconfig_option():
+    import dataclasses
+
+    import specdec
+    from specdec import SpecConfig
+
+    params = inspect.signature(specdec.wrap).parameters
+    missing = [f.name for f in dataclasses.fields(SpecConfig) if f.name not in params]
+    assert not missing, f"wrap() cannot set {missing}"
+    doc = specdec.wrap.__doc__
+    assert all(f'"{name}"' in doc for name in specdec.STRATEGIES), "wrap()'s docstring lists every strategy"
+    target = tiny_llama()
+    spec = specdec.wrap(target, target, strategy="dynamic-tree", tree_branch=2, tree_depth=3)
+    assert (spec.config.tree_branch, spec.config.tree_depth) == (2, 3)
+    lookup = specdec.wrap(target, strategy="prompt-lookup", prompt_lookup_max_ngram=5)
+    assert lookup.config.prompt_lookup_max_ngram == 5
