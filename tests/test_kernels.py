@@ -11,6 +11,7 @@ import importlib.util
 import math
 import os
 import random
+import warnings
 
 import torch
 
@@ -525,6 +526,85 @@ def test_triton_rejects_what_it_cannot_take(monkeypatch):
         assert resolve_backend(q, mask) == "sdpa"
         ref = reference_tree_attention(q.double(), k.double(), v.double(), prefix_lens, mask)
         assert max_err(tree_attention(q, k, v, prefix_lens, mask), ref) < 1e-5
+
+
+@pytest.fixture
+def auto_prefers_triton(monkeypatch):
+    """The automatic choice as on a GPU (Triton for a shape it takes), here with the interpreter, and
+    a fresh record of noted shapes; returns the api module."""
+    from specdec.kernels import api
+
+    if not HAS_TRITON:
+        pytest.skip("the Triton kernel cannot run here")
+    monkeypatch.delenv("SPECDEC_ATTENTION", raising=False)
+    monkeypatch.setattr(api, "_auto_prefers_triton", lambda q: True)
+    monkeypatch.setattr(api, "_NOTED_SHAPES", set())
+    return api
+
+
+@pytest.mark.parametrize("d", [32, 256, 96], ids=["D32", "D256", "D96"])
+def test_unsupported_head_dim_goes_to_sdpa_with_one_note(auto_prefers_triton, d):
+    """A head dim outside TRITON_HEAD_DIMS: exact SDPA result, and one warning naming the shape."""
+    q, k, v, prefix_lens, mask = make_case(61, 1, 4, 2, 5, d, (9,), F32, "parents", device=DEVICE)
+    with pytest.warns(UserWarning, match=rf"shape \(1, 4, 5, {d}\).*head dims 64, 128") as seen:
+        out = tree_attention(q, k, v, prefix_lens, mask)
+    assert len([w for w in seen if "runs on SDPA" in str(w.message)]) == 1
+    ref = reference_tree_attention(q.double(), k.double(), v.double(), prefix_lens, mask)
+    assert max_err(out, ref) < 1e-5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # noted once: the second call is silent
+        assert torch.equal(tree_attention(q, k, v, prefix_lens, mask), out)
+    # a supported head dim still takes the kernel under the same automatic choice
+    q2, k2, v2, p2, m2 = make_case(61, 1, 4, 2, 5, 64, (9,), F32, "parents", device=DEVICE)
+    assert resolve_backend(q2, m2) == "triton"
+
+
+def test_unsupported_head_dim_refused_when_triton_is_asked_for(monkeypatch):
+    """SPECDEC_ATTENTION=triton or backend="triton" on a head dim the kernel was not checked for:
+    ValueError naming the supported set, before any launch (no interpreter needed to refuse)."""
+    from specdec.kernels import api
+
+    monkeypatch.setattr(api, "triton_available", lambda device="cuda": True)
+    for d in (32, 256):
+        q, k, v, prefix_lens, mask = make_case(67, 1, 2, 1, 4, d, (3,), F16, "parents", device="cpu")
+        with pytest.raises(ValueError, match=f"head dims 64, 128.*got D={d}"):
+            tree_attention(q, k, v, prefix_lens, mask, backend="triton")
+        monkeypatch.setenv("SPECDEC_ATTENTION", "triton")
+        with pytest.raises(ValueError, match=f"head dims 64, 128.*got D={d}"):
+            tree_attention(q, k, v, prefix_lens, mask)
+        with pytest.raises(ValueError, match="head dims 64, 128"):
+            resolve_backend(q, mask)
+        monkeypatch.delenv("SPECDEC_ATTENTION")
+
+
+def test_too_many_new_rows_refused_or_rerouted(monkeypatch):
+    """T beyond MAX_NEW_ROWS: refused when triton is asked for, SDPA (with a note) when automatic,
+    also when the automatic name from resolve_backend is passed back (as the runner does)."""
+    from specdec.kernels import MAX_NEW_ROWS, api
+
+    monkeypatch.delenv("SPECDEC_ATTENTION", raising=False)
+    monkeypatch.setattr(api, "triton_available", lambda device="cuda": True)
+    monkeypatch.setattr(api, "_auto_prefers_triton", lambda q: True)
+    monkeypatch.setattr(api, "_NOTED_SHAPES", set())
+    # the real limit, on an empty-valued probe (no attention computed)
+    big = torch.empty(1, 1, MAX_NEW_ROWS + 1, 64)
+    with pytest.raises(ValueError, match=f"T <= {MAX_NEW_ROWS}.*got T={MAX_NEW_ROWS + 1}"):
+        resolve_backend(big, None, backend="triton")
+    with pytest.warns(UserWarning, match=f"T <= {MAX_NEW_ROWS}"):
+        assert resolve_backend(big) == "sdpa"
+    assert resolve_backend(big[:, :, :MAX_NEW_ROWS]) == "triton"
+    # end to end with a lowered limit: the automatic name chosen on a probe stays automatic
+    monkeypatch.setattr(api, "MAX_NEW_ROWS", 8)
+    monkeypatch.setattr(api, "_NOTED_SHAPES", set())
+    chosen = resolve_backend(torch.empty(0, 0, 0, 64, dtype=F16), None)
+    assert chosen == "triton"
+    q, k, v, prefix_lens, mask = make_case(71, 1, 2, 1, 9, 64, (5,), F16, "parents", device="cpu")
+    with pytest.raises(ValueError, match="T <= 8 new rows per call, got T=9"):
+        tree_attention(q, k, v, prefix_lens, mask, backend="triton")
+    with pytest.warns(UserWarning, match=r"shape \(1, 2, 9, 64\)"):
+        out = tree_attention(q, k, v, prefix_lens, mask, backend=chosen)
+    ref = reference_tree_attention(q.double(), k.double(), v.double(), prefix_lens, mask)
+    assert max_err(out, ref) < 4e-3
 
 
 def test_bad_input_devices_and_hint():

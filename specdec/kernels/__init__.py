@@ -7,6 +7,8 @@ TRITON_INTERPRET=1 (CPU tests) may be set any time before that.
 
 from specdec.kernels.api import (
     BACKENDS,
+    MAX_NEW_ROWS,
+    TRITON_HEAD_DIMS,
     available_backends,
     resolve_backend,
     tree_attention,
@@ -16,6 +18,8 @@ from specdec.kernels.reference import dense_tree_mask, reference_tree_attention
 
 __all__ = [
     "BACKENDS",
+    "MAX_NEW_ROWS",
+    "TRITON_HEAD_DIMS",
     "available_backends",
     "dense_tree_mask",
     "reference_tree_attention",

@@ -9,8 +9,13 @@ Backends:
 - "eager": the float64 reference (materialises every score; for tests).
 
 Automatic choice: on CUDA, flash for chains when flash-attn imports (fp16/bf16), else Triton when
-triton imports (and the dtype and head dim suit it), else SDPA; on CPU, SDPA. `SPECDEC_ATTENTION`
-overrides it, read on every call.
+triton imports and the call is one the kernel was checked for (fp16/bf16, a head dim in
+TRITON_HEAD_DIMS, T <= MAX_NEW_ROWS), else SDPA (exact); on CPU, SDPA. A shape the kernel does not
+take sends the call to SDPA with a one-time warning naming the shape. `SPECDEC_ATTENTION` or the
+`backend` argument overrides the choice (read on every call); an explicit "triton" on a shape the
+kernel does not take is refused (ValueError naming the supported set), never silently rerouted.
+The name `resolve_backend` returns from an automatic choice may be passed back as `backend` (the
+runner does, after choosing once per pass): it stays automatic, so each call's own shape decides.
 
 Host syncs: none on the Triton path. The "cache long enough" check (max(prefix_lens) + T <= L) needs
 the values of prefix_lens, so it runs only where that is free or the path syncs anyway: against the
@@ -24,14 +29,34 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 
 import torch
 
 from specdec.kernels.reference import reference_tree_attention, sdpa_tree_attention
 
 BACKENDS = ("triton", "flash", "sdpa", "eager")
+#: Head dims the Triton kernel is compiled and register-checked for (benchmarks/kernel_aot.py, sm_80
+#: and sm_90): other head dims go to SDPA.
+TRITON_HEAD_DIMS = (64, 128)
+#: Largest T (new rows per call) the Triton kernel takes: its tile offsets are 32-bit, and a tree
+#: mask row offset t * T must stay below 2**31 (T**2 = 2**30 here). Block sizes stop changing long
+#: before this, at 64 rows per kv head (benchmarks/kernel_aot.py checks that every T up to here
+#: picks a configuration it compiled).
+MAX_NEW_ROWS = 32768
+#: dtypes the automatic choice sends to the kernel on CUDA (the ahead-of-time check covers these);
+#: float32 runs only on request (CPU interpreter tests): its dots are IEEE float32, not tensor cores.
+_FAST_DTYPES = (torch.float16, torch.bfloat16)
 ENV_VAR = "SPECDEC_ATTENTION"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class AutoBackend(str):
+    """A backend name chosen automatically (what `resolve_backend` returns when nothing was asked
+    for). Passed back as `tree_attention(..., backend=name)` it counts as no request: the call's own
+    shape is checked again, so a shape the kernel does not take goes to SDPA instead of being refused."""
+
+    __slots__ = ()
 
 
 def triton_available(device: torch.device | str = "cuda") -> bool:
@@ -95,6 +120,45 @@ def _requested_backend(backend: str | None) -> str | None:
     return name
 
 
+def triton_shape_problem(q: torch.Tensor) -> str | None:
+    """Why the Triton kernel does not take q [B, Hq, T, D] (dtype, head dim or T), naming the supported
+    set; None when it does. A T of 0 (a probe tensor, or an empty call) counts as supported."""
+    t, d = q.shape[-2], q.shape[-1]
+    if q.dtype not in _FLOAT_DTYPES:
+        return f"the triton backend takes float16, bfloat16 or float32, got {q.dtype}"
+    if d not in TRITON_HEAD_DIMS:
+        return (
+            f"the triton backend takes head dims {', '.join(map(str, TRITON_HEAD_DIMS))} (the sizes compiled "
+            f"and checked ahead of time), got D={d}"
+        )
+    if t > MAX_NEW_ROWS:
+        return f"the triton backend takes T <= {MAX_NEW_ROWS} new rows per call, got T={t}"
+    return None
+
+
+#: (head dim, T over the limit) pairs already noted, so each unsupported shape warns once per process.
+_NOTED_SHAPES: set[tuple[int, bool]] = set()
+
+
+def _note_sdpa_fallback(q: torch.Tensor, problem: str) -> None:
+    """One warning per unsupported shape (by head dim, and whether T was over the limit)."""
+    key = (q.shape[-1], q.shape[-2] > MAX_NEW_ROWS)
+    if key in _NOTED_SHAPES:
+        return
+    _NOTED_SHAPES.add(key)
+    warnings.warn(
+        f"tree attention for q of shape {tuple(q.shape)} ({q.dtype}) runs on SDPA (exact) instead of the "
+        f"Triton kernel: {problem}. Noted once per shape.",
+        stacklevel=4,
+    )
+
+
+def _auto_prefers_triton(q: torch.Tensor) -> bool:
+    """Whether the automatic choice would run the Triton kernel for q's device and dtype (a seam for
+    CPU tests, which have no CUDA)."""
+    return q.device.type == "cuda" and q.dtype in _FAST_DTYPES and triton_available(q.device)
+
+
 def _choose_backend(requested: str | None, q: torch.Tensor, chain: bool) -> str:
     from specdec.kernels.flash import flash_attn_available
 
@@ -116,33 +180,31 @@ def _choose_backend(requested: str | None, q: torch.Tensor, chain: bool) -> str:
                 "TRITON_INTERPRET=1 set before triton is imported and triton >= "
                 f"{'.'.join(map(str, MIN_INTERPRETER_TRITON))} (CPU, slow; for tests)."
             )
-        if not _triton_takes(q):
-            raise ValueError(
-                "the triton backend takes float16, bfloat16 or float32 and a power-of-two head dim in "
-                f"16..256, got {q.dtype} and D={q.shape[-1]}."
-            )
+        problem = triton_shape_problem(q)
+        if problem is not None:
+            raise ValueError(f"{problem}; use backend='sdpa' (exact) or the automatic choice for this shape.")
         return "triton"
     if requested is not None:
         return requested
-    if on_cuda:
-        if chain and flash_ok:
-            return "flash"
-        if _triton_takes(q) and triton_available(q.device):
-            return "triton"
-    return "sdpa"
-
-
-def _triton_takes(q: torch.Tensor) -> bool:
-    """The kernel's own limits: tl.dot dtypes, and HEAD_DIM a power of two (tl.arange) of 16..256."""
-    d = q.shape[-1]
-    return q.dtype in _FLOAT_DTYPES and 16 <= d <= 256 and d & (d - 1) == 0
+    if on_cuda and chain and flash_ok:
+        return AutoBackend("flash")
+    if _auto_prefers_triton(q):
+        problem = triton_shape_problem(q)
+        if problem is None:
+            return AutoBackend("triton")
+        _note_sdpa_fallback(q, problem)
+    return AutoBackend("sdpa")
 
 
 def resolve_backend(
     q: torch.Tensor, tree_mask: torch.Tensor | None = None, backend: str | None = None
 ) -> str:
     """The backend `tree_attention(q, ..., tree_mask, backend=backend)` would run (reads SPECDEC_ATTENTION
-    now); ValueError for an unknown name, RuntimeError for a named backend that cannot run here."""
+    now); ValueError for an unknown name or a shape the requested triton backend does not take,
+    RuntimeError for a named backend that cannot run here. An automatic choice comes back as an
+    `AutoBackend` (a str), which stays automatic when passed back as `backend`."""
+    if isinstance(backend, AutoBackend):
+        backend = None
     return _choose_backend(_requested_backend(backend), q, chain=tree_mask is None)
 
 
