@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
+import warnings
+from pathlib import Path
 
 import torch
 from transformers import GenerationConfig
@@ -12,6 +15,50 @@ from specdec.drafters.base import Drafter
 from specdec.models.runner import Runner
 from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
+
+#: CPU flags (Linux /proc/cpuinfo) that give a fast matmul per half-precision dtype.
+FAST_HALF_FLAGS = {
+    torch.bfloat16: ("amx_bf16", "avx512_bf16"),
+    torch.float16: ("amx_fp16", "avx512_fp16"),
+}
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags, or None where /proc/cpuinfo cannot be read (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
+def fast_half_matmul(dtype: torch.dtype) -> bool | None:
+    """Whether this CPU multiplies `dtype` (bf16 / fp16) matrices in hardware (AMX or AVX512 half
+    instructions); True for float32 and other dtypes, None where the flags cannot be read."""
+    flags = FAST_HALF_FLAGS.get(dtype)
+    if flags is None:
+        return True
+    cpu = _cpu_flags()
+    return None if cpu is None else any(flag in cpu for flag in flags)
+
+
+def warn_slow_half_precision(dtype: torch.dtype, device: torch.device, stacklevel: int = 2) -> bool:
+    """Warn (one line, never raise) when `dtype` is bf16 / fp16 on a CPU without fast matmuls for it;
+    returns whether it warned."""
+    if device.type != "cpu" or fast_half_matmul(dtype) is not False:
+        return False
+    name = str(dtype).removeprefix("torch.")
+    warnings.warn(
+        f"{name} on a CPU without hardware {name} matmul (no {' / '.join(FAST_HALF_FLAGS[dtype])}): "
+        "float32 may be faster",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    return True
 
 
 def _synchronize(device: torch.device) -> None:

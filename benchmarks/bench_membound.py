@@ -1,0 +1,316 @@
+"""The memory-bound regime on a CPU: a bf16 target whose weights, not its ops, set the step time.
+
+The embedded target's MLPs are widened (issue 19): every layer's intermediate size grows to
+`--intermediate-size` with random new gate/up rows and ZERO new down_proj columns, so the new units add
+exactly 0 to every output while their weights are read and multiplied on every pass. The model behaves
+like the embedded target (float32 logits checked equal) but streams ~0.7 GB of bf16 weights per pass.
+Built here at run time, never shipped.
+
+Prints: the 1/4/16/64-row cost of one widened layer's MLP in bf16 (the regime), then every specdec
+strategy and transformers' methods in one process, bf16, on the held-out code prompts and the chat set
+(plain text: the embedded tokenizer has no chat template): tokens/s, speedup against the target's own
+`generate()`, tau, draft/verify time split, outputs identical to `target.generate`. Method order is
+reversed on every other prompt (shared machines drift).
+
+    python benchmarks/bench_membound.py                       # 8 code prompts x 128 tokens, 6 chat
+    python benchmarks/bench_membound.py --num-prompts 2 --max-new-tokens 32 --chat-prompts 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import specdec
+from specdec.bench import RunResult, baseline_methods, distinct_ngram_ratio, markdown_table, strategy_methods
+from specdec.bench import summarize as summarize_results
+from specdec.calibration import fast_half_matmul, warn_slow_half_precision
+from specdec.models.embedded import heldout_code_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT_FILE = ROOT / "benchmarks" / "prompts" / "chat.jsonl"
+STRATEGIES = ("chain", "tree", "dynamic-tree", "hybrid", "auto", "prompt-lookup")
+BASELINES = ("target", "hf-assisted", "hf-prompt-lookup")
+
+
+class WideningTooLarge(MemoryError):
+    """The widened model would not fit in this machine's available memory."""
+
+
+def added_parameters(config, intermediate_size: int) -> int:
+    """Parameters widening every MLP to `intermediate_size` adds (gate, up and down of every layer)."""
+    extra = max(intermediate_size - config.intermediate_size, 0)
+    return config.num_hidden_layers * 3 * config.hidden_size * extra
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(model: nn.Module, intermediate_size: int, margin: float = 1.5) -> int:
+    """Bytes the widening needs (float32 widened model for the logits check plus its bf16 copy, times
+    `margin`); raises WideningTooLarge before anything is allocated when they exceed MemAvailable."""
+    base = sum(p.numel() for p in model.parameters())
+    extra = added_parameters(model.config, intermediate_size)
+    needed = int((base + extra) * (4 + 2) * margin)
+    free = available_bytes()
+    if free is not None and needed > free:
+        raise WideningTooLarge(
+            f"widening the MLPs to {intermediate_size} needs about {needed / 2**30:.1f} GiB "
+            f"({(base + extra) / 1e6:.0f}M parameters, float32 check + bf16 copy, x{margin} margin) but "
+            f"only {free / 2**30:.1f} GiB is available; pass a smaller --intermediate-size"
+        )
+    return needed
+
+
+@torch.no_grad()
+def widen_mlps(model: nn.Module, intermediate_size: int, seed: int = 0) -> nn.Module:
+    """Widen every Llama MLP in place to `intermediate_size`: new gate/up rows random (N(0, 0.02)), new
+    down_proj columns zero, so every output is unchanged. Returns the model."""
+    generator = torch.Generator().manual_seed(seed)
+    for layer in model.model.layers:
+        mlp = layer.mlp
+        old = mlp.gate_proj.out_features
+        if intermediate_size < old:
+            raise ValueError(f"--intermediate-size {intermediate_size} is below the model's own {old}")
+        for name in ("gate_proj", "up_proj"):
+            linear = getattr(mlp, name)
+            weight = linear.weight  # [old, hidden]
+            fresh = torch.randn(intermediate_size - old, weight.shape[1], generator=generator) * 0.02
+            wide = nn.Linear(weight.shape[1], intermediate_size, bias=False, dtype=weight.dtype)
+            wide.weight.copy_(torch.cat([weight, fresh.to(weight.dtype)]))  # [I', hidden]
+            setattr(mlp, name, wide)
+        down = mlp.down_proj.weight  # [hidden, old]
+        wide = nn.Linear(intermediate_size, down.shape[0], bias=False, dtype=down.dtype)
+        wide.weight.zero_()
+        wide.weight[:, :old] = down  # [hidden, I'], new columns 0
+        mlp.down_proj = wide
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = intermediate_size
+    model.config.intermediate_size = intermediate_size
+    return model.eval()
+
+
+@torch.no_grad()
+def max_logit_difference(a: nn.Module, b: nn.Module, ids: torch.Tensor, threads: int | None = None) -> float:
+    """Largest |logit difference| of two models over every position of `ids` ([1, L]), on `threads`
+    torch threads (default: as set). With 2 threads the 36864-long down_proj reduction is split across
+    threads differently from the 1024-long one (measured: 1.1e-5 in float32); on 1 thread the added
+    zeros leave the float32 sums bit-identical."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)
+    try:
+        return (a(ids).logits - b(ids).logits).abs().max().item()  # [1, L, vocab]
+    finally:
+        torch.set_num_threads(saved)
+
+
+@torch.no_grad()
+def mlp_row_costs(mlp: nn.Module, hidden: int, rows=(1, 4, 16, 64), repeats: int = 15) -> dict[int, float]:
+    """Median seconds of one MLP forward on [1, rows, hidden] bf16 inputs (rows alternated per round)."""
+    times: dict[int, list[float]] = {n: [] for n in rows}
+    inputs = {n: torch.randn(1, n, hidden, dtype=torch.bfloat16) for n in rows}
+    for n in rows:
+        mlp(inputs[n])  # warm-up
+    for round_index in range(repeats):
+        order = rows if round_index % 2 == 0 else tuple(reversed(rows))
+        for n in order:
+            start = time.perf_counter()
+            mlp(inputs[n])
+            times[n].append(time.perf_counter() - start)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the platform's machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_avg() -> str:
+    """The 1-minute load average (other work on the shared cores)."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
+def chat_prompts(count: int) -> list[tuple[str, str]]:
+    """(category, text) of `count` chat prompts taken round-robin over the categories of chat.jsonl."""
+    records = [json.loads(line) for line in CHAT_FILE.read_text().splitlines() if line.strip()]
+    by_category: dict[str, list[dict]] = {}
+    for record in records:
+        by_category.setdefault(record["category"], []).append(record)
+    chosen: list[tuple[str, str]] = []
+    index = 0
+    while len(chosen) < min(count, len(records)):
+        for category, items in by_category.items():
+            if index < len(items) and len(chosen) < count:
+                chosen.append((category, items[index]["prompt"]))
+        index += 1
+    return chosen
+
+
+def run_alternating(methods: dict, prompts: list[torch.Tensor], repeats: int) -> list[RunResult]:
+    """Every method on every prompt, the order reversed on odd prompts; warm-up on a short prompt excluded.
+    Outputs compared with the "target" method's."""
+    for method in methods.values():
+        method(prompts[0][:, :16])
+    results: list[RunResult] = []
+    outputs: dict[tuple[str, int], torch.Tensor] = {}
+    names = list(methods)
+    for p_index, ids in enumerate(prompts):
+        order = names if p_index % 2 == 0 else names[::-1]
+        for name in order:
+            times, stats, out = [], None, None
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out, stats = methods[name](ids)
+                times.append(time.perf_counter() - start)
+            new = out[0, ids.shape[1] :].tolist()
+            outputs[(name, p_index)] = out
+            result = RunResult(name, p_index, len(new), statistics.median(times))
+            result.distinct_4gram_ratio = distinct_ngram_ratio(new)
+            if stats is not None:
+                result.tau = stats.tau
+                result.runtime = stats.runtime
+                result.acceptance_per_depth = stats.acceptance_per_position
+                result.draft_seconds = stats.draft_time
+                result.verify_seconds = stats.verify_time
+            results.append(result)
+            print(
+                f"  prompt {p_index} {name}: {result.tokens_per_second:.1f} tok/s (load {load_avg()})",
+                file=sys.stderr,
+                flush=True,
+            )
+    if "target" in methods:
+        for result in results:
+            reference = outputs[("target", result.prompt)]
+            result.identical_to_target = bool(torch.equal(outputs[(result.method, result.prompt)], reference))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--intermediate-size", type=int, default=36864, help="widened MLP size")
+    parser.add_argument("--num-prompts", type=int, default=8, help="held-out code prompts (0: none)")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="code prompt length in tokens")
+    parser.add_argument(
+        "--chat-prompts", type=int, default=6, help="chat prompts (round-robin over categories)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=1, help="timed repeats per (method, prompt), median")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--baselines", default=",".join(BASELINES))
+    parser.add_argument("--out", default=None, help="folder for results.json (optional)")
+    args = parser.parse_args(argv)
+
+    print(
+        f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"fast bf16 matmul: {fast_half_matmul(torch.bfloat16)}; load {load_avg()}"
+    )
+    warn_slow_half_precision(torch.bfloat16, torch.device("cpu"))
+    pair = specdec.load_embedded_pair(dtype=torch.float32)
+    reference, draft, tokenizer = pair.target, pair.draft, pair.tokenizer
+    needed = check_fits(reference, args.intermediate_size)
+    wide = specdec.load_embedded_pair(dtype=torch.float32).target
+    widen_mlps(wide, args.intermediate_size)
+    text = "def widen(model, size):\n    for layer in model.layers:\n"
+    probe = tokenizer(text, return_tensors="pt").input_ids  # [1, L]
+    difference = max_logit_difference(reference, wide, probe, threads=1)
+    threaded = max_logit_difference(reference, wide, probe)
+    parameters = sum(p.numel() for p in wide.parameters())
+    print(
+        f"widened target: intermediate size {args.intermediate_size}, {parameters / 1e6:.0f}M parameters, "
+        f"{parameters * 2 / 1e9:.2f} GB in bf16 (checked to fit: {needed / 2**30:.1f} GiB needed); float32 "
+        f"logits vs the embedded target on {probe.shape[1]} tokens, 1 thread: max |difference| "
+        f"{difference:.3g} ({'identical' if difference == 0 else 'DIFFERENT'}); "
+        f"{torch.get_num_threads()} threads: {threaded:.3g} (the longer reduction is split otherwise)"
+    )
+    del reference
+    wide = wide.to(torch.bfloat16).eval()
+    draft = draft.to(torch.bfloat16).eval()
+    costs = mlp_row_costs(wide.model.layers[0].mlp, wide.config.hidden_size)
+    print(
+        "one widened layer's MLP in bf16 (median ms): "
+        + ", ".join(f"{n} rows {1000 * s:.2f}" for n, s in costs.items())
+        + f"; 64 rows / 1 row = {costs[64] / costs[1]:.2f}x; load {load_avg()}"
+    )
+
+    gen_kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
+    strategies = [s for s in args.strategies.split(",") if s]
+    baselines = [b for b in args.baselines.split(",") if b]
+    sets: list[tuple[str, list[str]]] = []
+    if args.num_prompts:
+        sets.append(("code", heldout_code_prompts(tokenizer, args.num_prompts, args.prompt_tokens)))
+    if args.chat_prompts:
+        sets.append(("chat", [text for _, text in chat_prompts(args.chat_prompts)]))
+    report: dict = {
+        "date": date.today().isoformat(),
+        "machine": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "command": "python benchmarks/bench_membound.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "parameters": parameters,
+        "logit_difference": {"1 thread": difference, "threads": threaded},
+        "mlp_row_ms": {n: 1000 * s for n, s in costs.items()},
+        "sets": {},
+    }
+    for set_name, texts in sets:
+        prompts = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
+        methods = baseline_methods(wide, draft, baselines, gen_kwargs)
+        methods |= strategy_methods(wide, draft, strategies, gen_kwargs)
+        start_load = load_avg()
+        start = time.perf_counter()
+        results = run_alternating(methods, prompts, args.repeats)
+        rows = summarize_results(results)
+        print(
+            f"\n{set_name}: {len(prompts)} prompts ({', '.join(str(p.shape[1]) for p in prompts)} tokens), "
+            f"{args.max_new_tokens} new tokens, greedy, bf16; {time.perf_counter() - start:.0f} s; "
+            f"load {start_load} -> {load_avg()}"
+        )
+        print(markdown_table(rows))
+        for name, method in methods.items():
+            spec = getattr(method, "__defaults__", None)
+            profile = getattr(spec[0], "cost_profile", None) if spec else None
+            if profile is not None and profile.verify_seconds:
+                verify = ", ".join(f"{n}: {1000 * s:.1f}" for n, s in sorted(profile.verify_seconds.items()))
+                print(
+                    f"{name} cost profile: verify ms per tokens {{{verify}}}; draft ms step "
+                    f"{1000 * profile.draft_step_seconds:.2f} level {1000 * profile.draft_level_seconds:.2f}"
+                    f" node {1000 * profile.draft_node_seconds:.2f}"
+                )
+        report["sets"][set_name] = {"summary": rows, "runs": [vars(r) for r in results]}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        sys.exit(main())
