@@ -235,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     warn_slow_half_precision(torch.bfloat16, torch.device("cpu"))
     pair = specdec.load_embedded_pair(dtype=torch.float32)
     reference, draft, tokenizer = pair.target, pair.draft, pair.tokenizer
-    needed = check_fits(reference, args.intermediate_size)
+    try:
+        needed = check_fits(reference, args.intermediate_size)
+    except WideningTooLarge as exc:
+        print(f"bench_membound: {exc}", file=sys.stderr)
+        return 2
     wide = specdec.load_embedded_pair(dtype=torch.float32).target
     widen_mlps(wide, args.intermediate_size)
     text = "def widen(model, size):\n    for layer in model.layers:\n"

@@ -14,7 +14,7 @@ import pytest
 
 from specdec.adaptive import DraftLengthController
 from specdec.costs import CostProfile
-from specdec.shaping import AutoShapeController
+from specdec.shaping import AutoShapeController, RankAcceptance
 from specdec.tree import Tree
 
 SIZES = (1, 2, 3, 5, 9, 17, 33, 65)
@@ -35,15 +35,12 @@ def flat_profile(decode: float = 0.1) -> CostProfile:
 
 
 def linear_profile(decode: float = 0.015) -> CostProfile:
-    """Compute-bound: each verified token adds 15% of a decode step (16 tokens: 3.25x one); draft levels
-    cost a third of a decode step (a small target, as the embedded float32 pair)."""
-    return CostProfile(
-        verify_seconds={n: decode * (1 + 0.15 * (n - 1)) for n in SIZES},
-        draft_level_seconds=decode * 0.3,
-        draft_measured=True,
-        draft_step_seconds=decode * 0.05,
-        draft_node_seconds=decode * 0.05,
-    )
+    """Compute-bound: each verified token adds 15% of a decode step (16 tokens: 3.25x one, the embedded
+    float32 target measures 2.4x). Draft costs are the flat profile's (relative to a decode step), so
+    only the verification curve differs between the two regimes."""
+    flat = flat_profile(decode)
+    flat.verify_seconds = {n: decode * (1 + 0.15 * (n - 1)) for n in SIZES}
+    return flat
 
 
 def accepted_path(tree: Tree, rng: random.Random, shares=RANK_SHARE) -> tuple[int, ...]:
@@ -80,11 +77,12 @@ def run_auto(controller: AutoShapeController, profile: CostProfile, steps: int, 
 
 def test_simulated_acceptance_matches_the_rank_shares():
     controller = AutoShapeController(costs=flat_profile())
+    controller.ranks = RankAcceptance(decay=1.0)  # no decay: the estimate averages all 300 steps
     run_auto(controller, flat_profile(), steps=300)
     p = controller.ranks.probabilities()
     for rank, share in enumerate(RANK_SHARE[:2]):
         # a rank-r child counts as offered whenever it exists, taken or not its elder siblings
-        assert p[rank] == pytest.approx(share, abs=0.06)
+        assert p[rank] == pytest.approx(share, abs=0.05)
 
 
 @pytest.mark.parametrize("fixed_costs", [True, False], ids=["given-profile", "measured-from-steps"])
