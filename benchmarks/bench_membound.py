@@ -44,6 +44,27 @@ STRATEGIES = ("chain", "tree", "dynamic-tree", "hybrid", "auto", "prompt-lookup"
 BASELINES = ("target", "hf-assisted", "hf-prompt-lookup")
 
 
+STEP_FIELDS = ("target_passes", "tree_passes", "drafted_tokens", "draft_time", "verify_time", "total_time")
+
+
+def step_table(steps: dict[str, dict[str, float]]) -> str:
+    """Per specdec method: draft nodes per target pass, share of passes that verified a branching tree,
+    and milliseconds per pass drafting, verifying and in the rest of the engine."""
+    lines = [
+        "| method | nodes / pass | tree passes | draft ms / pass | verify ms / pass | rest ms / pass |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in steps.items():
+        passes = max(t["target_passes"], 1)
+        rest = t["total_time"] - t["draft_time"] - t["verify_time"]
+        lines.append(
+            f"| {name} | {t['drafted_tokens'] / passes:.1f} | {100 * t['tree_passes'] / passes:.0f}% "
+            f"| {1000 * t['draft_time'] / passes:.1f} | {1000 * t['verify_time'] / passes:.1f} "
+            f"| {1000 * rest / passes:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 class WideningTooLarge(MemoryError):
     """The widened model would not fit in this machine's available memory."""
 
@@ -174,9 +195,12 @@ def chat_prompts(count: int) -> list[tuple[str, str]]:
     return chosen
 
 
-def run_alternating(methods: dict, prompts: list[torch.Tensor], repeats: int) -> list[RunResult]:
+def run_alternating(
+    methods: dict, prompts: list[torch.Tensor], repeats: int, steps: dict[str, dict[str, float]]
+) -> list[RunResult]:
     """Every method on every prompt, the order reversed on odd prompts; warm-up on a short prompt excluded.
-    Outputs compared with the "target" method's."""
+    Outputs compared with the "target" method's. `steps[method]` collects specdec's per-pass totals
+    (passes, tree passes, drafted nodes, draft / verify / total seconds) of the timed runs."""
     for method in methods.values():
         method(prompts[0][:, :16])
     results: list[RunResult] = []
@@ -200,6 +224,9 @@ def run_alternating(methods: dict, prompts: list[torch.Tensor], repeats: int) ->
                 result.acceptance_per_depth = stats.acceptance_per_position
                 result.draft_seconds = stats.draft_time
                 result.verify_seconds = stats.verify_time
+                totals = steps.setdefault(name, dict.fromkeys(STEP_FIELDS, 0.0))
+                for key in STEP_FIELDS:
+                    totals[key] += getattr(stats, key)
             results.append(result)
             print(
                 f"  prompt {p_index} {name}: {result.tokens_per_second:.1f} tok/s (load {load_avg()})",
@@ -226,7 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--baselines", default=",".join(BASELINES))
     parser.add_argument("--out", default=None, help="folder for results.json (optional)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's). On cores shared with other work use 1: measured at load 8 "
+        "on 2 cores, 2 threads made every pass 3-8x slower than 1 (OpenMP barriers wait for a descheduled "
+        "thread)",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(
         f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
@@ -288,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         methods |= strategy_methods(wide, draft, strategies, gen_kwargs)
         start_load = load_avg()
         start = time.perf_counter()
-        results = run_alternating(methods, prompts, args.repeats)
+        steps: dict[str, dict[str, float]] = {}
+        results = run_alternating(methods, prompts, args.repeats, steps)
         rows = summarize_results(results)
         print(
             f"\n{set_name}: {len(prompts)} prompts ({', '.join(str(p.shape[1]) for p in prompts)} tokens), "
@@ -296,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             f"load {start_load} -> {load_avg()}"
         )
         print(markdown_table(rows))
+        print()
+        print(step_table(steps))
         for name, method in methods.items():
             spec = getattr(method, "__defaults__", None)
             profile = getattr(spec[0], "cost_profile", None) if spec else None
@@ -306,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{1000 * profile.draft_step_seconds:.2f} level {1000 * profile.draft_level_seconds:.2f}"
                     f" node {1000 * profile.draft_node_seconds:.2f}"
                 )
-        report["sets"][set_name] = {"summary": rows, "runs": [vars(r) for r in results]}
+        report["sets"][set_name] = {"summary": rows, "steps": steps, "runs": [vars(r) for r in results]}
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
