@@ -13,7 +13,7 @@ import random
 import pytest
 
 from specdec.adaptive import DraftLengthController
-from specdec.costs import CostProfile
+from specdec.costs import CostProfile, monotone_fit
 from specdec.shaping import AutoShapeController, RankAcceptance
 from specdec.tree import Tree
 
@@ -157,3 +157,16 @@ def test_half_precision_on_a_cpu_without_fast_matmul_warns_one_line(monkeypatch)
         warnings.simplefilter("error")
         assert not calibration.warn_slow_half_precision(torch.bfloat16, torch.device("cpu"))
         assert not calibration.warn_slow_half_precision(torch.float32, torch.device("cpu"))
+
+
+def test_noisy_verify_profile_is_read_non_decreasing():
+    """Measured on a shared CPU (ms): verifying 65 tokens looked cheaper than verifying 1. The cost
+    model pools the out-of-order sizes (least-squares monotone fit) instead of believing it."""
+    noisy = {1: 949.4, 2: 838.3, 3: 1064.7, 5: 655.1, 9: 563.2, 17: 1668.9, 33: 1022.5, 65: 776.1}
+    profile = CostProfile(verify_seconds=noisy)
+    costs = [profile.verify(n) for n in range(1, 100)]
+    assert costs == sorted(costs)
+    assert costs[0] == pytest.approx(sum(list(noisy.values())[:5]) / 5)  # sizes 1-9 pooled
+    assert monotone_fit([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
+    clean = flat_profile()
+    assert [clean.verify(n) for n in SIZES] == [clean.verify_seconds[n] for n in SIZES]  # unchanged
