@@ -13,12 +13,20 @@ Then the chain speedup these step costs project for acceptance rates given with 
 et al.: E(k) = (1 - a^(k+1)) / (1 - a) tokens per step of k draft passes and one verification);
 the acceptance figures are inputs, labelled as such, not measurements.
 
+--project needs no GPU: a roofline step model (PROJECTED, not measured) for Llama-2-7B/13B/70B with a
+TinyLlama draft on A100 80GB SXM, H100 SXM and H200: bytes moved and FLOPs of a decode step, a verify
+step of T tree nodes and a draft step, their times at the roofline (max of bytes / bandwidth and
+FLOPs / peak dense bf16), and the speedups those times imply at the acceptance measured on the
+embedded pair (BENCHMARKS.md) and at assumed per-token acceptance rates.
+
     python benchmarks/bench_steps_gpu.py --prefix 2048 --alpha 0.6,0.7,0.8
+    python benchmarks/bench_steps_gpu.py --project --prefix 2048
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 
@@ -33,8 +41,23 @@ SHAPES = {
     # published configurations (hidden, intermediate, layers, heads, kv heads, vocab)
     "llama2-7b": (4096, 11008, 32, 32, 32, 32000),
     "llama2-13b": (5120, 13824, 40, 40, 40, 32000),
+    "llama2-70b": (8192, 28672, 80, 64, 8, 32000),
     "tinyllama-1.1b": (2048, 5632, 22, 32, 4, 32000),
 }
+#: name: (memory bandwidth bytes/s, dense bf16 tensor-core FLOP/s), the vendors' datasheet figures
+HARDWARE = {
+    "A100 80GB SXM": (2.0e12, 312e12),
+    "H100 SXM": (3.35e12, 989e12),
+    "H200": (4.8e12, 989e12),
+}
+#: Acceptance MEASURED on the embedded pair (BENCHMARKS.md, "Greedy decoding, default runtime",
+#: session 4): the fraction of steps that drafted depth i + 1 whose accepted path reached it.
+MEASURED_REACH = {
+    "chain": (0.73, 0.62, 0.46, 0.45, 0.33, 0.24, 0.22, 0.19),
+    "tree (4, 2, 2, 1)": (0.99, 0.80, 0.77, 0.66),
+}
+#: The static tree (4, 2, 2, 1): nodes drafted per depth (44 in all, one draft pass per depth).
+TREE_WIDTHS = (4, 8, 16, 16)
 
 
 def build(shape: str, context: int) -> LlamaForCausalLM:
@@ -57,6 +80,109 @@ def build(shape: str, context: int) -> LlamaForCausalLM:
     finally:
         torch.set_default_dtype(default)
     return model
+
+
+# ------------------------------------------------------------------------------ projected step model
+def matmul_params(shape: str) -> int:
+    """Weights every token multiplies by: q/k/v/o, gate/up/down and the LM head (the embedding is a
+    gather of one row per token, so it is left out of both bytes and FLOPs)."""
+    hidden, inter, layers, heads, kv_heads, vocab = SHAPES[shape]
+    kv_dim = hidden // heads * kv_heads
+    return layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter) + vocab * hidden
+
+
+def step_cost(shape: str, tokens: int, prefix: int) -> tuple[float, float]:
+    """(bytes, FLOPs) of one bf16 forward pass of `tokens` new rows after `prefix` cached ones: every
+    weight read once, the K/V cache read once and the new rows' K/V written; FLOPs 2 per multiply-add
+    in the matmuls and in attention (scores and weighted sum; new rows see about half of each other)."""
+    hidden, _, layers, heads, kv_heads, _ = SHAPES[shape]
+    kv_row = 2 * layers * (hidden // heads * kv_heads) * 2  # K and V bytes per position, all layers
+    bytes_moved = 2 * matmul_params(shape) + kv_row * (prefix + tokens)
+    attended = tokens * prefix + tokens * (tokens + 1) / 2  # (new row, visible key) pairs
+    flops = 2 * matmul_params(shape) * tokens + 4 * layers * hidden * attended
+    return bytes_moved, flops
+
+
+def roofline_ms(cost: tuple[float, float], hardware: str) -> float:
+    """Step time at the roofline: the larger of memory time and compute time, in ms."""
+    bandwidth, peak = HARDWARE[hardware]
+    return 1000 * max(cost[0] / bandwidth, cost[1] / peak)
+
+
+def chain_speedup(reach: list[float], decode: float, draft: float, verify) -> tuple[float, int, float]:
+    """(speedup, k, tokens per step) of the best fixed chain length k <= len(reach): k draft steps and
+    one verification of k + 1 rows commit 1 + reach[0] + ... + reach[k - 1] tokens on average."""
+    best = (0.0, 0, 0.0)
+    for k in range(1, len(reach) + 1):
+        tokens = 1 + sum(reach[:k])
+        best = max(best, (tokens * decode / (k * draft + verify(k + 1)), k, tokens))
+    return best
+
+
+def compute_bound_rows(shape: str, prefix: int, hardware: str) -> int:
+    """Smallest number of rows at which a pass's compute time reaches its memory time."""
+    bandwidth, peak = HARDWARE[hardware]
+    rows = 1
+    while True:
+        moved, flops = step_cost(shape, rows, prefix)
+        if flops / peak >= moved / bandwidth:
+            return rows
+        rows += 1
+
+
+def project(prefix: int, alphas: list[float], out=sys.stdout) -> None:
+    """Print the projected step table and the speedups it implies (markdown)."""
+    targets, draft_shape = ("llama2-7b", "llama2-13b", "llama2-70b"), "tinyllama-1.1b"
+    tree_nodes = 1 + sum(TREE_WIDTHS)  # the pending token and the tree's nodes
+    print(
+        f"PROJECTED (roofline, not measured): bf16 weights and cache, prefix {prefix}, batch 1.\n", file=out
+    )
+    print(
+        f"| GPU | model | GB moved per pass | GFLOP decode / verify {tree_nodes} / verify 64 | "
+        f"ms decode | ms verify 16 / {tree_nodes} / 64 | compute-bound from rows |\n"
+        "|---|---|---:|---:|---:|---:|---:|",
+        file=out,
+    )
+    for hardware in HARDWARE:
+        for shape in (*targets, draft_shape):
+            costs = {rows: step_cost(shape, rows, prefix) for rows in (1, 16, tree_nodes, 64)}
+            ms = {rows: roofline_ms(cost, hardware) for rows, cost in costs.items()}
+            name = f"{shape} (draft)" if shape == draft_shape else shape
+            print(
+                f"| {hardware} | {name} | {costs[1][0] / 1e9:.1f} | "
+                f"{costs[1][1] / 1e9:.0f} / {costs[tree_nodes][1] / 1e9:.0f} / {costs[64][1] / 1e9:.0f} | "
+                f"{ms[1]:.2f} | {ms[16]:.2f} / {ms[tree_nodes]:.2f} / {ms[64]:.2f} | "
+                f"{compute_bound_rows(shape, prefix, hardware)} |",
+                file=out,
+            )
+    print(
+        "\nProjected speedup over the target's own decoding at the same roofline (draft passes at "
+        "TinyLlama's roofline, no time between passes; chain: k draft passes + a verify of k + 1 rows; "
+        f"tree (4, 2, 2, 1): 4 draft passes of 1/4/8/16 rows + a verify of {tree_nodes} rows):\n",
+        file=out,
+    )
+    header = "| GPU | target | MEASURED-acceptance chain (best k) | MEASURED-acceptance tree |"
+    header += "".join(f" ASSUMED a={a:.1f} chain (best k) |" for a in alphas)
+    print(header + "\n|---|---|---:|---:|" + "---:|" * len(alphas), file=out)
+    for hardware in HARDWARE:
+        draft = roofline_ms(step_cost(draft_shape, 1, prefix), hardware)
+        for shape in targets:
+            decode = roofline_ms(step_cost(shape, 1, prefix), hardware)
+            verify = functools.partial(_verify_ms, shape, prefix, hardware)
+            speedup, k, tokens = chain_speedup(list(MEASURED_REACH["chain"]), decode, draft, verify)
+            cells = [f"{speedup:.2f}x (k={k}, {tokens:.2f} tokens)"]
+            tree_tokens = 1 + sum(MEASURED_REACH["tree (4, 2, 2, 1)"])
+            tree_draft = sum(roofline_ms(step_cost(draft_shape, w, prefix), hardware) for w in (1, 4, 8, 16))
+            tree_speedup = tree_tokens * decode / (tree_draft + verify(tree_nodes))
+            cells.append(f"{tree_speedup:.2f}x ({tree_tokens:.2f} tokens)")
+            for alpha in alphas:
+                speedup, k, tokens = chain_speedup([alpha**i for i in range(1, 9)], decode, draft, verify)
+                cells.append(f"{speedup:.2f}x (k={k})")
+            print(f"| {hardware} | {shape} | " + " | ".join(cells) + " |", file=out)
+
+
+def _verify_ms(shape: str, prefix: int, hardware: str, rows: int) -> float:
+    return roofline_ms(step_cost(shape, rows, prefix), hardware)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -128,7 +254,11 @@ def main(argv=None) -> int:
     parser.add_argument("--nodes", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--alpha", default="0.6,0.7,0.8", help="acceptance rates to project with (inputs)")
+    parser.add_argument("--project", action="store_true", help="print the roofline step model (no GPU)")
     args = parser.parse_args(argv)
+    if args.project:
+        project(args.prefix, [float(a) for a in args.alpha.split(",")])
+        return 0
     if not torch.cuda.is_available():
         print("bench_steps_gpu.py needs CUDA; nothing to do on this machine.")
         return 0

@@ -72,3 +72,44 @@ def test_bench_exits_cleanly_without_cuda(capsys):
         pytest.skip("has CUDA")
     assert load_bench().main([]) == 0
     assert "needs a CUDA GPU" in capsys.readouterr().out
+
+
+def load_steps():
+    spec = importlib.util.spec_from_file_location(
+        "bench_steps_gpu", ROOT / "benchmarks" / "bench_steps_gpu.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_projected_step_model_counts_the_published_models():
+    """The roofline model's weights are the published parameter counts (embedding and norms aside),
+    and its chain speedup at an assumed acceptance a is Leviathan et al.'s closed form."""
+    steps = load_steps()
+    published = {"llama2-7b": 6.74e9, "llama2-13b": 13.02e9, "llama2-70b": 68.98e9, "tinyllama-1.1b": 1.10e9}
+    for shape, params in published.items():
+        hidden, _, _, _, _, vocab = steps.SHAPES[shape]
+        assert abs(steps.matmul_params(shape) + vocab * hidden - params) / params < 0.01, shape
+    moved, flops = steps.step_cost("llama2-7b", 1, 2048)
+    kv = 2 * 32 * 4096 * 2 * 2049  # K and V, 32 layers, 4096 wide, bf16, prefix + the new row
+    assert moved == 2 * steps.matmul_params("llama2-7b") + kv
+    assert flops > 2 * steps.matmul_params("llama2-7b")  # plus attention
+    # memory-bound at batch 1: a verify of 64 rows costs what a decode costs on every GPU listed
+    for hardware in steps.HARDWARE:
+        decode = steps.roofline_ms(steps.step_cost("llama2-7b", 1, 2048), hardware)
+        assert steps.roofline_ms(steps.step_cost("llama2-7b", 64, 2048), hardware) < 1.01 * decode
+        assert steps.compute_bound_rows("llama2-7b", 2048, hardware) > 64
+    alpha, k = 0.7, 3
+    speedup, best_k, tokens = steps.chain_speedup(
+        [alpha**i for i in range(1, k + 1)], 1.0, 0.0, lambda rows: 1.0
+    )
+    assert best_k == k and abs(tokens - (1 - alpha ** (k + 1)) / (1 - alpha)) < 1e-12
+    assert abs(speedup - tokens) < 1e-12  # free drafts and verify = decode: speedup = tokens per step
+
+
+def test_projection_prints_without_a_gpu(capsys):
+    assert load_steps().main(["--project", "--prefix", "2048"]) == 0
+    out = capsys.readouterr().out
+    assert "PROJECTED" in out and "ASSUMED a=0.7" in out and "MEASURED-acceptance" in out
+    assert out.count("| H200 |") == 7  # 4 step rows + 3 speedup rows
