@@ -29,13 +29,14 @@ import argparse
 import functools
 import statistics
 import sys
+import time
+import warnings
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from specdec.models.llama_runner import LlamaRunner
-from specdec.models.runner import CausalRunner
-from specdec.tree import Tree
+if TYPE_CHECKING:  # transformers and specdec load only for measuring: --project needs neither
+    from transformers import LlamaForCausalLM
 
 SHAPES = {
     # published configurations (hidden, intermediate, layers, heads, kv heads, vocab)
@@ -60,8 +61,20 @@ MEASURED_REACH = {
 TREE_WIDTHS = (4, 8, 16, 16)
 
 
-def build(shape: str, context: int) -> LlamaForCausalLM:
-    hidden, inter, layers, heads, kv, vocab = SHAPES[shape]
+#: --dry-run shapes (CPU, float32): a Llama-2-7B-like MHA target and a TinyLlama-like GQA draft, tiny
+DRY_SHAPES = {
+    "tiny-7b-like": (256, 688, 4, 8, 8, 1000),
+    "tiny-tinyllama-like": (128, 352, 2, 8, 1, 1000),
+}
+
+
+def build(
+    shape: str, context: int, device: str = "cuda", dtype: torch.dtype = torch.bfloat16
+) -> LlamaForCausalLM:
+    """A random-weight LlamaForCausalLM of a SHAPES / DRY_SHAPES shape (nothing is downloaded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, inter, layers, heads, kv, vocab = {**SHAPES, **DRY_SHAPES}[shape]
     config = LlamaConfig(
         hidden_size=hidden,
         intermediate_size=inter,
@@ -73,9 +86,9 @@ def build(shape: str, context: int) -> LlamaForCausalLM:
         initializer_range=0.02,
     )
     default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     try:
-        with torch.device("cuda"):
+        with torch.device(device):
             model = LlamaForCausalLM(config).eval()
     finally:
         torch.set_default_dtype(default)
@@ -189,61 +202,108 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def cuda_median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, device: str) -> float:
+    """Median milliseconds of fn(): CUDA events on a GPU, the host clock on a CPU (after 2 warm-ups;
+    the second call replays a captured graph)."""
     fn()
-    fn()  # warm-up (the second call replays a captured graph)
+    fn()
     times = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - begin))
     return statistics.median(times)
 
 
-def read_bandwidth(gib: float = 4.0, repeats: int = 10) -> float:
-    """Bytes per second of a bf16 reduction over `gib` GiB (bytes read only)."""
-    x = torch.ones(int(gib * 2**30) // 2, dtype=torch.bfloat16, device="cuda")
-    ms = cuda_median_ms(lambda: x.sum(), repeats)
-    return x.numel() * 2 / (ms / 1000)
+def read_bandwidth(device: str, gib: float = 4.0, repeats: int = 10) -> float:
+    """Bytes per second of a reduction over `gib` GiB (bytes read only): bf16 on a GPU, float32 on a CPU."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    x = torch.ones(int(gib * 2**30) // dtype.itemsize, dtype=dtype, device=device)
+    ms = median_ms(lambda: x.sum(), repeats, device)
+    return x.numel() * dtype.itemsize / (ms / 1000)
 
 
-def decode_ms(runner, prefix: int, repeats: int) -> float:
+def decode_ms(runner, prefix: int, repeats: int, device: str) -> float:
     runner.reset()
-    runner.extend(torch.arange(prefix, device="cuda") % 1000 + 3, num_logits=1)
-    token = torch.tensor([5], device="cuda")
+    runner.extend(torch.arange(prefix, device=device) % 1000 + 3, num_logits=1)
+    token = torch.tensor([5], device=device)
 
     def step():
         runner.extend(token, num_logits=1)
         runner.truncate(prefix)
 
-    return cuda_median_ms(step, repeats)
+    return median_ms(step, repeats, device)
 
 
-def verify_ms(runner, prefix: int, nodes: int, repeats: int) -> float:
+def verify_ms(runner, prefix: int, nodes: int, repeats: int, device: str) -> float:
+    from specdec.tree import Tree
+
     tree = Tree.from_parents(Tree.from_branching((4, 4, 2, 2)).parents[:nodes])
     runner.reset()
-    runner.extend(torch.arange(prefix, device="cuda") % 1000 + 3, num_logits=1)
-    tokens = torch.arange(nodes, device="cuda") % 1000 + 3
-    positions = (prefix - 1 + tree.depth_tensor()).cuda()
-    mask = tree.ancestor_mask.cuda()
+    runner.extend(torch.arange(prefix, device=device) % 1000 + 3, num_logits=1)
+    tokens = torch.arange(nodes, device=device) % 1000 + 3
+    positions = (prefix - 1 + tree.depth_tensor()).to(device)
+    mask = tree.ancestor_mask.to(device)
 
     def step():
         runner.extend(tokens, nodes, positions, mask)
         runner.truncate(prefix)
 
-    return cuda_median_ms(step, repeats)
+    return median_ms(step, repeats, device)
 
 
-def runners(model: LlamaForCausalLM) -> dict:
+def runners(model: LlamaForCausalLM, device: str) -> dict:
+    """transformers' forward, specdec's runner and (on CUDA) specdec's runner with CUDA graphs."""
+    from specdec.models.llama_runner import LlamaRunner
+    from specdec.models.runner import CausalRunner
+
     out = {"transformers eager": CausalRunner(model), "specdec runner": LlamaRunner(model)}
+    if device != "cuda":
+        print("skipped: specdec runner + CUDA graphs (no CUDA)")
+        return out
     try:
         out["specdec runner + CUDA graphs"] = LlamaRunner(model, cuda_graphs=True)
     except ValueError as error:
         print(f"CUDA graphs unavailable: {error}")
     return out
+
+
+def greedy_identity(target_shape: str, draft_shape: str, device: str, new_tokens: int = 24) -> bool:
+    """specdec's greedy output (chain and tree) equals the target's own generate(), float32 weights
+    (TF32 off) so that the two forwards differ only by rounding far below the logit gaps."""
+    import specdec
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        target = build(target_shape, 512, device, torch.float32)
+        draft = build(draft_shape, 512, device, torch.float32)
+        ids = (torch.arange(12, device=device)[None] * 37) % 900 + 3  # [1, 12]
+        expected = target.generate(ids, max_new_tokens=new_tokens, do_sample=False)
+        same = True
+        for strategy, options in (("chain", {"num_draft_tokens": 4}), ("tree", {"tree": (2, 2, 1)})):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # random models have no tokenizer to check
+                spec = specdec.wrap(target, draft, strategy=strategy, **options)
+                out = spec.generate(ids, max_new_tokens=new_tokens)
+            equal = out.shape == expected.shape and torch.equal(out, expected)
+            same &= equal
+            print(
+                f"greedy identity {target_shape} / {draft_shape} {strategy}: "
+                f"{'identical' if equal else 'DIFFERENT'} ({new_tokens} new tokens, float32, {device})"
+            )
+        del target, draft
+        return same
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def main(argv=None) -> int:
@@ -255,37 +315,49 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--alpha", default="0.6,0.7,0.8", help="acceptance rates to project with (inputs)")
     parser.add_argument("--project", action="store_true", help="print the roofline step model (no GPU)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU: tiny shapes, float32, every step but the CUDA ones"
+    )
+    parser.add_argument("--no-identity", action="store_true", help="skip the greedy identity check")
     args = parser.parse_args(argv)
     if args.project:
         project(args.prefix, [float(a) for a in args.alpha.split(",")])
         return 0
-    if not torch.cuda.is_available():
-        print("bench_steps_gpu.py needs CUDA; nothing to do on this machine.")
+    if args.dry_run:
+        device, dtype = "cpu", torch.float32
+        target_shape, draft_shape = DRY_SHAPES
+        # it checks that every step runs and prints, not speed: the smallest sizes that exercise each path
+        args.prefix, args.nodes, args.repeats = min(args.prefix, 32), min(args.nodes, 8), 1
+        gib = 1 / 16
+        print("dry run on CPU: tiny shapes, float32; CUDA events, CUDA graphs and bf16 are skipped")
+    elif not torch.cuda.is_available():
+        print("bench_steps_gpu.py needs CUDA; nothing to do on this machine (try --dry-run or --project).")
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = True
-    bandwidth = read_bandwidth()
-    print(
-        f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-        f"read bandwidth {bandwidth / 1e9:.0f} GB/s"
-    )
+    else:
+        device, dtype, target_shape, draft_shape, gib = "cuda", torch.bfloat16, args.target, args.draft, 4.0
+        torch.backends.cuda.matmul.allow_tf32 = True
+    bandwidth = read_bandwidth(device, gib)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"# {name}, torch {torch.__version__}, read bandwidth {bandwidth / 1e9:.0f} GB/s")
     context = args.prefix + 1024
     results: dict[str, dict[str, float]] = {}
     floors = {}
-    for role, shape in (("target", args.target), ("draft", args.draft)):
-        model = build(shape, context)
+    for role, shape in (("target", target_shape), ("draft", draft_shape)):
+        model = build(shape, context, device, dtype)
         floors[role] = weight_bytes(model) / bandwidth * 1000
-        for name, runner in runners(model).items():
-            row = results.setdefault(name, {})
+        for runner_name, runner in runners(model, device).items():
+            row = results.setdefault(runner_name, {})
             try:
-                row[f"{role} decode"] = decode_ms(runner, args.prefix, args.repeats)
+                row[f"{role} decode"] = decode_ms(runner, args.prefix, args.repeats, device)
                 if role == "target":
                     row[f"target verify {args.nodes}"] = verify_ms(
-                        runner, args.prefix, args.nodes, args.repeats
+                        runner, args.prefix, args.nodes, args.repeats, device
                     )
             except Exception as error:  # one failing method must not stop the others
-                print(f"{name} {role}: n/a ({type(error).__name__}: {error})")
+                print(f"{runner_name} {role}: n/a ({type(error).__name__}: {error})")
         del model
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     print(
         f"floors: target {floors['target']:.2f} ms, draft {floors['draft']:.2f} ms (weight bytes / bandwidth)"
     )
@@ -294,14 +366,14 @@ def main(argv=None) -> int:
         f"verify {args.nodes} @ {args.prefix} (ms, x decode) |"
     )
     print("|---|---:|---:|---:|")
-    for name, row in results.items():
+    for runner_name, row in results.items():
         td, dd, tv = (row.get(k) for k in ("target decode", "draft decode", f"target verify {args.nodes}"))
         cells = [
             f"{td:.2f} ({td / floors['target']:.2f}x)" if td else "n/a",
             f"{dd:.2f} ({dd / floors['draft']:.2f}x)" if dd else "n/a",
             f"{tv:.2f} ({tv / td:.2f}x)" if tv and td else "n/a",
         ]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"| {runner_name} | " + " | ".join(cells) + " |")
     best = min(results.values(), key=lambda r: r.get("target decode", float("inf")))
     if all(k in best for k in ("target decode", "draft decode")):
         print("\nprojected chain speedup over the same runner's plain decoding (acceptance is an INPUT):")
@@ -316,7 +388,11 @@ def main(argv=None) -> int:
                 options.append((tokens / cost * best["target decode"], k, tokens))
             speedup, k, tokens = max(options)
             print(f"| {alpha:.2f} | {k} | {tokens:.2f} | {speedup:.2f}x |")
-    return 0
+    identical = True
+    if not args.no_identity:
+        identical = greedy_identity(target_shape, draft_shape, device)
+    all_measured = all(len(row) == 3 for row in results.values())
+    return 0 if identical and all_measured else 1
 
 
 if __name__ == "__main__":

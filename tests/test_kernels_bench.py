@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -113,3 +116,28 @@ def test_projection_prints_without_a_gpu(capsys):
     out = capsys.readouterr().out
     assert "PROJECTED" in out and "ASSUMED a=0.7" in out and "MEASURED-acceptance" in out
     assert out.count("| H200 |") == 7  # 4 step rows + 3 speedup rows
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run (what it does on any machine without CUDA): every step that
+    needs no CUDA runs and passes (interpreter kernel smoke, tiny step benchmark with greedy identity,
+    projected step model), the CUDA steps are listed as skipped, and the summary table comes last."""
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    env = dict(os.environ, OUT=str(tmp_path))
+    run = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    summary = run.stdout[run.stdout.index("=== summary") :]
+    assert "DRY RUN" in summary
+    for name in ("kernel-tests", "other-cuda-tests", "bench-flex"):
+        assert re.search(rf"\| {name} +\| skipped \(no CUDA", summary), name
+    for name in ("attention-cpu-smoke", "bench-steps-dry-run", "step-model"):
+        assert re.search(rf"\| {name} +\| ok +\|", summary), name
+    assert "2 identical of 2 greedy checks" in summary
+    assert "PROJECTED H100, 7B: chain" in summary
