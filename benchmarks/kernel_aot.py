@@ -447,6 +447,15 @@ def print_summary(results: list[Result], out=sys.stdout) -> None:
         )
 
 
+def max_tree_nodes() -> int:
+    """The largest tree the library allows (specdec.tree.MAX_TREE_NODES, wherever the module lives)."""
+    try:
+        from specdec.tree import MAX_TREE_NODES
+    except ImportError:  # the tree module may move into a subpackage
+        from specdec.core.tree import MAX_TREE_NODES  # type: ignore[no-redef]
+    return MAX_TREE_NODES
+
+
 def _rerun_without_interpreter(argv: list[str]) -> int:
     """Under TRITON_INTERPRET=1 triton cannot compile: run this script again without the variable."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -501,18 +510,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from specdec.kernels.api import MAX_NEW_ROWS
 
-    try:
-        from specdec.tree import MAX_TREE_NODES
-    except ImportError:  # the tree module may move into a subpackage
-        from specdec.core.tree import MAX_TREE_NODES  # type: ignore[no-redef]
-
+    max_nodes = max_tree_nodes()
     archs = tuple(int(a) for a in args.arch.split(","))
     models = {name: MODELS[name] for name in args.models.split(",")}
-    t_max = args.t_max or MAX_TREE_NODES
+    t_max = args.t_max or max_nodes
     started = time.perf_counter()
     # the CI subset plans only the T values its picks need (planning every T takes ~10 s)
     checks = plan(models, archs, DTYPES, (9, 17) if args.subset == "ci" else range(1, t_max + 1))
-    if args.subset == "all" and t_max == MAX_TREE_NODES:
+    if args.subset == "all" and t_max == max_nodes:
         # block sizes stop changing with T: larger T (prefill-sized calls) pick no configuration unseen here
         small = config_set(models, DTYPES, archs, range(1, t_max + 1))
         large = config_set(models, DTYPES, archs, range(t_max + 1, MAX_NEW_ROWS + 1))

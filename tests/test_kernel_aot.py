@@ -79,12 +79,12 @@ def test_large_t_picks_no_unchecked_configuration():
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
     from specdec.kernels import MAX_NEW_ROWS
-    from specdec.tree import MAX_TREE_NODES
 
     aot = load_aot()
-    small = aot.config_set(aot.MODELS, aot.DTYPES, aot.ARCHS, range(1, MAX_TREE_NODES + 1))
+    max_nodes = aot.max_tree_nodes()
+    small = aot.config_set(aot.MODELS, aot.DTYPES, aot.ARCHS, range(1, max_nodes + 1))
     large = aot.config_set(
-        aot.MODELS, aot.DTYPES, aot.ARCHS, [*range(MAX_TREE_NODES + 1, MAX_NEW_ROWS, 97), MAX_NEW_ROWS]
+        aot.MODELS, aot.DTYPES, aot.ARCHS, [*range(max_nodes + 1, MAX_NEW_ROWS, 97), MAX_NEW_ROWS]
     )
     assert large <= small
 
