@@ -31,6 +31,8 @@ AREAS = {
     "trees at most depth + 1",
     "test_hybrid": "Hybrid trees: greedy identity, chi-square, per-source statistics",
     "test_timing": "Step phases timed on the device's timeline (host clock on CPU; CUDA-event twin skipped)",
+    "test_planner_regimes": "Planners under synthetic cost profiles: trees where verification is flat in "
+    "node count, chains where it is linear",
     "test_shaping": "Run-time tree planning: optimality by brute force, cost model, controller",
     "test_families": "Exact on every family: GPT-2, OPT, GPT-NeoX, Qwen2/3, Mistral, Phi-3, Gemma 1-3, Llama "
     "variants x eager/SDPA x every strategy (greedy identity, trees verified, windows), tree chi-square",
@@ -61,7 +63,10 @@ AREAS = {
     "with flat RSS / objects and reused caches, KeyboardInterrupt in a processor or stopping criterion",
     "test_batch": "Batched generation: per-row caches, every row equal to the target alone, chi-square",
     "test_kernels": "Tree attention kernels against the float64 reference (Triton interpreter on CPU)",
-    "test_kernels_bench": "Attention benchmark methods compute the reference",
+    "test_kernels_bench": "Attention benchmark methods compute the reference; projected step model; "
+    "gpu_check.sh dry run",
+    "test_kernel_aot": "Triton kernels compiled ahead of time for sm_80/sm_90 without a GPU: 0 spill bytes, "
+    "HMMA/HGMMA, shared memory within limits (5 representative binaries); a canary tile must report spills",
     "test_kernel_runner": "Greedy generate() through every attention backend (Triton interpreter, eager, "
     "SDPA), batches included; CUDA twin skipped on CPU",
     "test_static_pass": "Fixed-shape (CUDA-graph-ready) passes equal ordinary passes; generate() through "
