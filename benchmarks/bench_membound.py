@@ -219,11 +219,7 @@ def run_alternating(
             result = RunResult(name, p_index, len(new), statistics.median(times))
             result.distinct_4gram_ratio = distinct_ngram_ratio(new)
             if stats is not None:
-                result.tau = stats.tau
-                result.runtime = stats.runtime
-                result.acceptance_per_depth = stats.acceptance_per_position
-                result.draft_seconds = stats.draft_time
-                result.verify_seconds = stats.verify_time
+                result.record_stats(stats)
                 totals = steps.setdefault(name, dict.fromkeys(STEP_FIELDS, 0.0))
                 for key in STEP_FIELDS:
                     totals[key] += getattr(stats, key)

@@ -39,6 +39,14 @@ class RunResult:
     identical_to_target: bool | None = None
     distinct_4gram_ratio: float | None = None
 
+    def record_stats(self, stats) -> None:
+        """Copy a specdec method's GenerationStats into this result."""
+        self.tau = stats.tau
+        self.runtime = stats.runtime
+        self.acceptance_per_depth = stats.acceptance_per_position
+        self.draft_seconds = stats.draft_time
+        self.verify_seconds = stats.verify_time
+
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
@@ -152,11 +160,7 @@ def run_benchmark(
                 distinct_4gram_ratio=distinct_ngram_ratio(new),
             )
             if stats is not None:
-                result.tau = stats.tau
-                result.runtime = stats.runtime
-                result.acceptance_per_depth = stats.acceptance_per_position
-                result.draft_seconds = stats.draft_time
-                result.verify_seconds = stats.verify_time
+                result.record_stats(stats)
             results.append(result)
             done += 1
             if progress is not None:
