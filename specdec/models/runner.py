@@ -76,8 +76,10 @@ class Runner(Protocol):
     vocab_size: int
     context_length: int | None
     length: int
+    batch_size: int
+    lengths: list[int]
 
-    def reset(self) -> None: ...
+    def reset(self, batch_size: int = 1) -> None: ...
 
     def extend(
         self,
@@ -90,6 +92,19 @@ class Runner(Protocol):
     def truncate(self, length: int) -> None: ...
 
     def compact(self, start: int, rows: list[int]) -> None: ...
+
+    def extend_rows(
+        self,
+        tokens: torch.Tensor,
+        counts: list[int],
+        positions: torch.Tensor | None,
+        attention: torch.Tensor | None,
+        logit_rows: torch.Tensor | int,
+    ) -> torch.Tensor: ...
+
+    def compact_rows(self, starts: list[int], rows: list[list[int]]) -> None: ...
+
+    def keep_rows(self, indices: list[int]) -> None: ...
 
 
 class CausalRunner:
@@ -115,15 +130,60 @@ class CausalRunner:
         self.tree_support: str | None = None if isinstance(plan, MaskPlan) else plan
         self.cache = new_cache()
         self._positions = torch.empty(0, dtype=torch.long, device=self.device)  # [length] position ids
+        self.batch_size = 1
 
     @property
     def length(self) -> int:
         """Positions held in the cache."""
+        self._require_one_row()
         return cache_length(self.cache)
 
-    def reset(self) -> None:
+    @property
+    def lengths(self) -> list[int]:
+        """Positions held by each row."""
+        return [cache_length(self.cache)]
+
+    def reset(self, batch_size: int = 1) -> None:
+        if batch_size != 1:
+            raise NotImplementedError("CausalRunner runs one row for now")
         self.cache = new_cache()
         self._positions = self._positions[:0]
+
+    def _require_one_row(self) -> None:
+        if self.batch_size != 1:
+            raise ValueError(f"this call is for one row; the runner holds {self.batch_size}")
+
+    def extend_rows(
+        self,
+        tokens: torch.Tensor,
+        counts: list[int],
+        positions: torch.Tensor | None,
+        attention: torch.Tensor | None,
+        logit_rows: torch.Tensor | int,
+    ) -> torch.Tensor:
+        """Batched form of `extend` (one row for now): tokens [1, n] -> logits [1, r, V]."""
+        batch, n = tokens.shape
+        if batch != self.batch_size or len(counts) != batch:
+            raise ValueError(f"the runner holds {self.batch_size} rows; got tokens for {batch}")
+        if counts[0] != n:
+            raise NotImplementedError("padding in CausalRunner.extend_rows")
+        rows = logit_rows if isinstance(logit_rows, int) else None
+        logits = self.extend(
+            tokens[0],
+            rows if rows is not None else n,
+            None if positions is None else positions[0],
+            None if attention is None else attention[0],
+        )
+        if rows is not None:
+            return logits[None]
+        return logits[logit_rows[0].to(logits.device)][None]
+
+    def compact_rows(self, starts: list[int], rows: list[list[int]]) -> None:
+        self.compact(starts[0], rows[0])
+
+    def keep_rows(self, indices: list[int]) -> None:
+        if list(indices) != [0]:
+            raise NotImplementedError("CausalRunner runs one row for now")
 
     @torch.inference_mode()
     def extend(
