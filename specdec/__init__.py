@@ -41,7 +41,7 @@ __all__ = [
 def wrap(
     target: PreTrainedModel | str,
     draft: PreTrainedModel | str | None = None,
-    strategy: str = "chain",
+    strategy: str | None = None,
     num_draft_tokens: int | None = None,
     *,
     tokenizer=None,
@@ -64,13 +64,13 @@ def wrap(
 
     target / draft: transformers causal-LM objects, or hub ids / local paths loaded with
     `AutoModelForCausalLM.from_pretrained(..., dtype=dtype, device_map=device_map)`.
-    strategy: "chain" (draft model, k tokens in a line), "tree" (static token tree, `tree=` a
+    strategy: default "auto" with a draft model ("chain" when num_draft_tokens is given, "prompt-lookup"
+    without a draft model); or "chain" (draft model, k tokens in a line), "tree" (static token tree, `tree=` a
     branching tuple such as (4, 2, 2, 1) or a list of rank paths), "dynamic-tree" (EAGLE-2 style,
-    `tree_budget=` nodes per step, `tree_branch=` children per node, `tree_depth=` levels),
-    "prompt-lookup" (n-gram matches, draft=None; `prompt_lookup_max_ngram` / `_min_ngram`), "hybrid"
-    (n-gram copies and draft-model candidates merged into one tree), "auto" (chain or tree, shape and
-    size planned every step from measured acceptance and costs) or "none" (no speculation: the
-    runtime alone, a baseline).
+    `tree_budget=` nodes per step, `tree_branch=` children per node, `tree_depth=` levels), "prompt-lookup"
+    (n-gram matches, draft=None; `prompt_lookup_max_ngram` / `_min_ngram`), "hybrid" (n-gram copies and
+    draft-model candidates merged into one tree), "auto" (chain or tree, shape and size planned every step
+    from measured acceptance and costs) or "none" (no speculation: the runtime alone, a baseline).
     num_draft_tokens: fixed chain length k, or None to adapt k every step (up to max_draft_tokens).
     runtime: "auto" (specdec's own lean forward and preallocated KV cache for Llama-layout models,
     transformers' forward otherwise), "specdec" (require the lean forward), "compiled" (the lean
@@ -91,6 +91,8 @@ def wrap(
     ):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+    if strategy is None:
+        strategy = "prompt-lookup" if draft is None else ("chain" if num_draft_tokens is not None else "auto")
     config = SpecConfig(
         strategy=strategy,
         num_draft_tokens=num_draft_tokens,

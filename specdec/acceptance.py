@@ -13,7 +13,7 @@ from enum import IntEnum
 
 import torch
 
-from specdec.sampling import residual, sample
+from specdec.sampling import probabilities, residual, sample
 from specdec.tree import Tree
 
 #: The stochastic tree rule walks node by node on the host when p is on the CPU (see
@@ -383,3 +383,52 @@ def walk_tree(
         path.append(accepted_child)
         node = accepted_child
         p_node = p[node + 1]
+
+
+# ---------------------------------------------------------------------- dispatch
+def outcome_values(
+    tree: Tree,
+    tokens: torch.Tensor,
+    q: torch.Tensor | None,
+    kinds: torch.Tensor | None,
+    scores: torch.Tensor,
+    do_sample: bool,
+    generator: torch.Generator | None,
+    finite: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The rule for one draft (greedy or exact stochastic, chain or tree), still on the device: a
+    long tensor that `outcome_from_values` reads once it is on the host.
+
+    tokens: [T] draft tokens; q: [T, V] or None (point masses / greedy); kinds: [T] NodeKind on the
+    host or None; scores: [T + 1, V] processed target scores (row 0 at the root, row i + 1 after
+    node i). finite: [] bool, whether the target's logits were finite; when False the sampled
+    distributions are replaced by uniform ones so that sampling stays defined (the caller raises).
+    """
+    if not do_sample:
+        if tree.is_chain:
+            return greedy_chain_outcome(tokens, scores)  # [2]
+        return greedy_tree_values(tokens, scores)  # [2T + 1]
+    p = probabilities(scores)  # [T + 1, V]
+    if finite is not None:
+        p = torch.where(finite, p, torch.full_like(p, 1.0 / p.shape[-1]))
+    if _is_uniform_chain(tree, kinds):
+        deterministic = kinds is not None and len(kinds) and int(kinds[0]) == NodeKind.DETERMINISTIC
+        return stochastic_chain_outcome(tokens, p, None if deterministic else q, generator)  # [2]
+    return stochastic_tree_outcome(tree, tokens, p, q, kinds, generator)  # [depth + 1]
+
+
+def outcome_from_values(
+    tree: Tree, kinds: torch.Tensor | None, values: list[int], do_sample: bool
+) -> Accepted:
+    """The accepted path and appended token from the host values of `outcome_values`."""
+    if tree.is_chain and (not do_sample or _is_uniform_chain(tree, kinds)):
+        n, next_token = values
+        return Accepted(tuple(range(n)), next_token)
+    if not do_sample:
+        return greedy_tree_outcome(tree, values)
+    return stochastic_tree_result(values)
+
+
+def _is_uniform_chain(tree: Tree, kinds: torch.Tensor | None) -> bool:
+    """A chain whose nodes were all proposed the same way (kinds live on the host)."""
+    return tree.is_chain and (kinds is None or bool((kinds == kinds[:1]).all()))

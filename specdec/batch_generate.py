@@ -1,13 +1,13 @@
-"""`generate()`'s loop parts (layer L6): where a row stops, and batches of left-padded prompts.
+"""`generate()`'s loop (layer L6): where a row stops, prompts without their padding, and the steps.
 
-`StopRules` is how both loops (one prompt in `generate.py`, B prompts here) decide where a row stops:
-transformers' stopping criteria, built from the generation config and merged with the user's as
-transformers merges them, plus the target's context length.
+`StopRules` decides where a row stops: transformers' stopping criteria, built from the generation
+config and merged with the user's as transformers merges them, plus the target's context length.
 
-Called by `SpeculativeModel.generate` when input_ids has more than one row, `generate_batch` generates
-each row as if alone (its own prompt without padding in the caches, its own logits processors, which
-see the row with its padding as transformers' do, its own stop), and the output is padded like
-transformers': prompt as given (left padding kept), new tokens, then `pad_token_id` after a row stops.
+`generate_rows` runs the engine over B rows (B = 1: one prompt) until each stops: each row is
+generated as if alone (its own prompt without padding in the caches, its own logits processors, which
+see the row with its padding as transformers' do, its own stop); finished rows leave the batch. The
+output is padded like transformers': prompt as given (left padding kept), new tokens, then
+`pad_token_id` after a row stops.
 """
 
 from __future__ import annotations
@@ -17,20 +17,11 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteriaList
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria
 
-from specdec.adaptive import DraftLengthController
-from specdec.batch import BatchRow, BatchSpeculativeEngine
-from specdec.calibration import measure_batch_costs
-from specdec.config import SpecConfig
-from specdec.costs import CostProfile, planning_costs
-from specdec.models.llama_runner import LlamaRunner
-from specdec.sampling import LogitsPipeline, merge_like_transformers
-from specdec.tree import Tree
-
-#: Strategies that run on batches; the others keep per-row state (n-gram tables, adaptive trees).
-BATCH_STRATEGIES = ("chain", "tree", "prompt-lookup", "none")
+from specdec.engine import Row, SpeculativeEngine
+from specdec.sampling import merge_like_transformers
 
 
 @dataclass
@@ -139,37 +130,33 @@ def batch_prompts(
     if attention_mask is None:
         return list(input_ids), [row[:0] for row in input_ids]
     prompts, prefixes = [], []
+    one = input_ids.shape[0] == 1
     for b, (ids, mask) in enumerate(zip(input_ids, attention_mask.bool(), strict=True)):
         if not mask.any():
+            if one:
+                raise ValueError("attention_mask masks every prompt token; nothing to condition on.")
             raise ValueError(f"attention_mask row {b} masks every token; give each row at least one token.")
         first = int(mask.nonzero()[0])
         if not mask[first:].all():
+            which = "attention_mask" if one else f"attention_mask row {b}"
             raise ValueError(
-                f"attention_mask row {b} has padding after its first real token (right padding or "
-                "holes); use left padding (tokenizer.padding_side = 'left')."
+                f"{which} has padding after its first real token (right padding or holes); use left "
+                "padding (tokenizer.padding_side = 'left')."
             )
         prompts.append(ids[first:])
         prefixes.append(ids[:first])
     return prompts, prefixes
 
 
-def check_batch_options(config: SpecConfig, gen_config: GenerationConfig, streamer, target, draft) -> None:
-    """Refuse what batched generation cannot do yet, naming the option."""
-    if config.strategy not in BATCH_STRATEGIES:
-        raise ValueError(
-            f'strategy="{config.strategy}" runs one prompt at a time; for batches use one of '
-            f"{', '.join(BATCH_STRATEGIES)}, or call generate() once per prompt."
-        )
+def check_batch_options(gen_config: GenerationConfig, streamer) -> None:
+    """Refuse what a batch of more than one row cannot do, naming the option."""
     if streamer is not None:
         raise ValueError("a streamer needs batch size 1; call generate() once per prompt to stream.")
     if gen_config.output_scores or gen_config.output_logits:
-        raise ValueError("output_scores / output_logits are supported for batch size 1 only.")
-    for name, runner in (("target", target), ("draft", draft)):
-        if runner is not None and not isinstance(runner, LlamaRunner):
-            raise ValueError(
-                f"batch size > 1 needs specdec's runtime for the {name} (a Llama-layout model with "
-                'runtime="auto" or "specdec"); call generate() once per prompt for other models.'
-            )
+        raise ValueError(
+            "output_scores / output_logits are supported for batch size 1 only (rows commit different "
+            "numbers of tokens per step); call generate() once per prompt for them."
+        )
 
 
 def pad_id(gen_config: GenerationConfig, eos_ids: list[int]) -> int | None:
@@ -179,53 +166,67 @@ def pad_id(gen_config: GenerationConfig, eos_ids: list[int]) -> int | None:
     return eos_ids[0] if eos_ids else None
 
 
-def generate_batch(
-    engine: BatchSpeculativeEngine,
-    prompts: list[torch.Tensor],
-    prefixes: list[torch.Tensor],
-    gen_config: GenerationConfig,
-    input_length: int,
-    eos_ids: list[int],
-    logits_processor: LogitsProcessorList | None,
-    rules: StopRules,
-) -> list[torch.Tensor]:
-    """New tokens of every row ([m_b] each), each row as the target alone would generate it.
+@dataclass
+class Generated:
+    """What `generate_rows` made: per row its new tokens ([m_b]), and (when asked) the processed
+    scores and raw logits of each new token ([1, V] each); rows that stopped at the context."""
 
-    prompts / prefixes: each row's prompt without its padding, and that padding; input_length: the
-    padded prompts' length; eos_ids: the generation config's (for its processors)."""
-    device = engine.target.device
-    rows = [
-        BatchRow(
-            prompt.to(device),
-            LogitsPipeline(gen_config, input_length, eos_ids, logits_processor, device=device, prefix=prefix),
-        )
-        for prompt, prefix in zip(prompts, prefixes, strict=True)
-    ]
-    generated: list[list[torch.Tensor]] = [[] for _ in prompts]
-    counts = [0] * len(prompts)
-    at_context: list[int] = []  # rows that stopped at the target's context
-    engine.begin(rows)
+    tokens: list[torch.Tensor]
+    scores: list[list[torch.Tensor]]
+    logits: list[list[torch.Tensor]]
+    at_context: list[int]
+
+
+def generate_rows(
+    engine: SpeculativeEngine,
+    rows: list[Row],
+    prefixes: list[torch.Tensor],
+    rules: StopRules,
+    streamer=None,
+    want_scores: bool = False,
+    want_logits: bool = False,
+) -> Generated:
+    """New tokens of every row, each row as the target alone would generate it.
+
+    rows: each row's prompt (no padding) and pipeline; prefixes: each row's padding ([P_b]), which
+    stopping criteria see; streamer: gets each step's tokens (one row only)."""
+    batch = len(rows)
+    generated: list[list[torch.Tensor]] = [[] for _ in rows]
+    scores: list[list[torch.Tensor]] = [[] for _ in rows]
+    logits: list[list[torch.Tensor]] = [[] for _ in rows]
+    counts = [0] * batch
+    at_context: list[int] = []
+    engine.begin(batch)
     try:
-        active = list(range(len(prompts)))  # original index of each engine row
-        room = [p for p, i in enumerate(active) if rules.budget(rows[i].sequence.shape[0], 0) > 0]
-        at_context += [i for i in active if rules.budget(rows[i].sequence.shape[0], 0) == 0]
+        active = list(range(batch))  # the original index of each engine row
+        room = [p for p, i in enumerate(active) if rules.budget(rows[i].sequence.shape[1], 0) > 0]
+        at_context += [i for i in active if rules.budget(rows[i].sequence.shape[1], 0) == 0]
         if len(room) < len(active):
             active = [active[p] for p in room]
             if active:
                 engine.keep(room)
         while active:
-            budgets = [rules.budget(rows[i].sequence.shape[0], counts[i]) for i in active]
+            budgets = [rules.budget(rows[i].sequence.shape[1], counts[i]) for i in active]
             results = engine.step([rows[i] for i in active], budgets)
             keep = []
-            for position, (i, tokens) in enumerate(zip(active, results, strict=True)):
-                tokens = tokens[: budgets[position]]
-                tokens, finished = rules.cut(prefixes[i], rows[i].sequence, tokens, tokens.tolist())
-                rows[i].sequence = torch.cat([rows[i].sequence, tokens])
+            for position, (i, result) in enumerate(zip(active, results, strict=True)):
+                budget = budgets[position]
+                row = rows[i]
+                tokens, finished = rules.cut(
+                    prefixes[i], row.sequence[0], result.tokens[:budget], result.token_ids[:budget]
+                )
+                row.sequence = torch.cat([row.sequence, tokens[None]], dim=1)
                 generated[i].append(tokens)
                 counts[i] += tokens.shape[0]
+                if want_scores:
+                    scores[i].extend(result.scores[: tokens.shape[0]].split(1))
+                if want_logits:
+                    logits[i].extend(result.logits[: tokens.shape[0]].split(1))
+                if streamer is not None:
+                    streamer.put(tokens.cpu())
                 if finished or counts[i] >= rules.max_new_tokens:
                     continue
-                if rules.budget(rows[i].sequence.shape[0], counts[i]) == 0:
+                if rules.budget(row.sequence.shape[1], counts[i]) == 0:
                     at_context.append(i)
                     continue
                 keep.append(position)
@@ -236,12 +237,11 @@ def generate_batch(
                 if active:
                     engine.keep(keep)
     finally:
-        engine.end()
-    if at_context:
-        rows_at_context = sorted(at_context)
-        # the user's frame: generate_batch < _generate_batch < _generate < generate < inference_mode
-        rules.warn_context([counts[i] for i in rows_at_context], rows_at_context, stacklevel=6)
-    return [torch.cat(parts) if parts else prompts[i].new_empty(0) for i, parts in enumerate(generated)]
+        engine.begin(1)  # leave no half-used cache behind, whether the loop ended or raised
+    new_tokens = [
+        torch.cat(parts) if parts else rows[i].sequence.new_empty(0) for i, parts in enumerate(generated)
+    ]
+    return Generated(new_tokens, scores, logits, sorted(at_context))
 
 
 def pad_outputs(input_ids: torch.Tensor, new_tokens: list[torch.Tensor], pad: int | None) -> torch.Tensor:
@@ -253,49 +253,3 @@ def pad_outputs(input_ids: torch.Tensor, new_tokens: list[torch.Tensor], pad: in
     for b, tokens in enumerate(new_tokens):
         out[b, : tokens.shape[0]] = tokens.to(out.device)
     return torch.cat([input_ids, out], dim=1)
-
-
-def batch_controller(
-    config: SpecConfig, batch_size: int, profile: CostProfile | None, do_sample: bool = False
-) -> tuple[Tree, DraftLengthController]:
-    """The shared tree shape and the depth controller of a batched generation.
-
-    Chains with num_draft_tokens=None choose k in 0..max_draft_tokens every step (Leviathan et al.'s
-    expected tokens per second) from the acceptance measured across rows and the costs of this batch
-    size: `profile` is measured once per batch size with dummy passes and, when greedy, refined with
-    the real steps' times (draft passes; verification plus acceptance), which every 16 steps include one step
-    of the arm not chosen (k = 0 while drafting, k = 1 while not). k = 0, plain batched decoding, wins
-    when verifying k + 1 tokens per row costs more than the accepted tokens save. Static trees choose
-    the depth they are cut at the same way (0 .. their depth; verifying the nodes up to that depth).
-    Greedy generations refine a copy of the profile; sampling plans with it as measured
-    (`costs.planning_costs`), so a seeded batched run repeats exactly on the same SpeculativeModel.
-    """
-    profile, refine = planning_costs(profile, do_sample)
-    if config.strategy == "none":
-        return Tree.chain(0), DraftLengthController(1, fixed_k=0)
-    if config.strategy == "prompt-lookup" and config.num_draft_tokens is not None:
-        template = Tree.chain(config.num_draft_tokens)
-        return template, DraftLengthController(template.depth, fixed_k=template.depth)
-    if config.strategy == "tree":
-        tree = config.static_tree
-        nodes = [sum(d <= k for d in tree.depths) for k in range(tree.depth + 1)]
-        controller = DraftLengthController(
-            tree.depth, costs=profile, min_k=0, refine_costs=refine, nodes=nodes
-        )
-        return tree, controller
-    template = Tree.chain(config.max_draft_tokens)
-    if config.num_draft_tokens is not None:
-        return template, DraftLengthController(config.max_draft_tokens, fixed_k=config.num_draft_tokens)
-    return template, DraftLengthController(
-        config.max_draft_tokens, costs=profile, min_k=0, refine_costs=refine
-    )
-
-
-def batch_costs(target: LlamaRunner, draft: LlamaRunner | None, batch_size: int, config: SpecConfig):
-    """Costs at this batch size for an adaptive chain, prompt lookup or a static tree, else None."""
-    if config.strategy not in ("chain", "tree", "prompt-lookup"):
-        return None
-    if config.strategy != "tree" and config.num_draft_tokens is not None:
-        return None
-    largest = len(config.static_tree) if config.strategy == "tree" else config.max_draft_tokens
-    return measure_batch_costs(target, draft, batch_size, largest + 1)

@@ -99,56 +99,61 @@ def measure_costs(
     target: Runner,
     drafter: Drafter,
     max_verify_tokens: int,
+    batch_size: int = 1,
     repeats: int = 3,
     prompt_tokens: int = 256,
     pause: float = 0.002,
 ) -> CostProfile:
-    """Time target verification of 1, 2, 3, 5, 9, ... tokens (up to max_verify_tokens, with an explicit
-    attention mask as trees use) after a dummy prompt, and the draft model's proposals of a 1-token
-    chain, a 4-token chain and a (4, 2, 2) tree, split into a per-step, per-level and per-node cost
-    (`split_draft_costs`). Leaves both caches empty.
+    """Costs at `batch_size` rows: target verification of 1, 2, 3, 5, 9, ... tokens per row (up to
+    max_verify_tokens, with an explicit attention mask as trees use) after a dummy prompt, and the
+    draft model's proposals of a 1-token chain, a 4-token chain and a (4, 2, 2) tree in every row,
+    split into a per-step, per-level and per-node cost (`split_draft_costs`). Leaves both caches
+    empty (one row).
 
     Each timed pass follows a `pause` (seconds) as real steps follow the host's own work: on a CPU,
     back-to-back passes run warm (threads spinning, caches hot) and measured 20-30% faster than the
     same passes in a generation, and more so for 1 token than for 9, which skews the planner towards
     large drafts. The prompt is as long as a typical one (256 tokens, within the context)."""
-    context = min(target.context_length or 4096, getattr(drafter, "context_length", None) or 4096)
+    context = min(target.context_length or 4096, drafter.context_length or 4096)
     prompt_tokens = max(1, min(prompt_tokens, context // 2, context - max_verify_tokens - 1))
     vocab = target.vocab_size
     prompt = (torch.arange(prompt_tokens) * 5 % max(vocab - 3, 1) + 3).to(target.device)  # [P]
+    prompts = prompt.expand(batch_size, -1)  # [B, P]
     sizes = [n for n in VERIFY_SIZES if n <= max(max_verify_tokens, 1)]
     profile = CostProfile()
-    target.reset()
-    target.extend(prompt, num_logits=1)
+    target.reset(batch_size)
+    target.extend_rows(prompts, [prompt_tokens] * batch_size, None, None, 1)
     for n in sizes:
         tokens = (torch.arange(n) * 7 % max(vocab - 3, 1) + 3).to(target.device)  # [n]
-        positions = torch.arange(prompt_tokens, prompt_tokens + n)
-        mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
+        tokens = tokens.expand(batch_size, -1)  # [B, n]
+        positions = torch.arange(prompt_tokens, prompt_tokens + n).expand(batch_size, -1)  # [B, n]
+        mask = torch.tril(torch.ones(1, n, n, dtype=torch.bool))  # [1, n, n]
         profile.verify_seconds[n] = _median_seconds(
-            lambda tokens=tokens, positions=positions, mask=mask, n=n: target.extend(
-                tokens, num_logits=n, positions=positions, attention=mask
+            lambda tokens=tokens, positions=positions, mask=mask, n=n: target.extend_rows(
+                tokens, [n] * batch_size, positions, mask, n
             ),
             target.device,
             repeats,
             pause,
-            after=lambda: target.truncate(prompt_tokens),
+            after=lambda: target.compact_rows([prompt_tokens] * batch_size, [[]] * batch_size),
         )
-    target.reset()
+    target.reset(1)
 
     model = getattr(drafter, "model", drafter)  # a hybrid drafter's draft model
-    if getattr(model, "uses_model", False):
-        pipeline = LogitsPipeline(GenerationConfig(do_sample=False), prompt_tokens, [])
-        sequence = prompt[None]  # [1, P]
-        model.begin()
+    if model.uses_model:
+        pipelines = [LogitsPipeline(GenerationConfig(do_sample=False), prompt_tokens, [])] * batch_size
+        sequences = [prompt[None]] * batch_size  # [1, P] each
+        model.begin(batch_size)
         wide = Tree.from_branching((4, 2, 2))  # 4 + 8 + 16 nodes; two wide levels fed
 
         def proposal_seconds(tree: Tree) -> float:
             return _median_seconds(
-                lambda: model.propose(sequence, tree.depth, pipeline, None, tree=tree),
+                lambda: model.propose(sequences, tree.depth, pipelines, None, tree=tree),
                 target.device,
                 repeats,
                 pause,
-                before=lambda: model.observe(prompt_tokens - 1, ()),  # the draft has seen all but one
+                # the draft has seen all but the last prompt token of every row
+                before=lambda: model.observe([prompt_tokens - 1] * batch_size, [()] * batch_size),
             )
 
         chain1, chain4 = proposal_seconds(Tree.chain(1)), proposal_seconds(Tree.chain(4))
@@ -158,49 +163,5 @@ def measure_costs(
             level,
             node,
         )
-        model.begin()
-    return profile
-
-
-def measure_batch_costs(
-    target,
-    draft,
-    batch_size: int,
-    max_verify_tokens: int,
-    repeats: int = 3,
-    prompt_tokens: int = 128,
-) -> CostProfile:
-    """A CostProfile at `batch_size` rows: target passes verifying 1, 2, 3, 5, 9, ... tokens per row
-    and one draft level (one token per row), on batch-capable runners (`LlamaRunner`). Leaves both
-    runners reset to one row."""
-    context = target.context_length or 4096
-    prompt_tokens = max(1, min(prompt_tokens, context - max_verify_tokens - 1))
-    vocab = target.vocab_size
-    prompt = (torch.arange(prompt_tokens) * 5 % max(vocab - 3, 1) + 3).expand(batch_size, -1)  # [B, P]
-    first = torch.zeros(batch_size, 1, dtype=torch.long)  # [B, 1] logit rows
-
-    def timed(runner, n: int) -> float:
-        tokens = (torch.arange(n) * 7 % max(vocab - 3, 1) + 3).expand(batch_size, -1)  # [B, n]
-        rows = torch.arange(n)[None].expand(batch_size, -1)  # [B, n]
-        mask = torch.tril(torch.ones(1, n, n, dtype=torch.bool))
-        return _median_seconds(
-            lambda: runner.extend_rows(tokens.to(runner.device), [n] * batch_size, None, mask, rows),
-            runner.device,
-            repeats,
-            after=lambda: runner.compact_rows([prompt_tokens] * batch_size, [[]] * batch_size),
-        )
-
-    profile = CostProfile()
-    sizes = [n for n in VERIFY_SIZES if n <= max(max_verify_tokens, 1)]
-    for runner in (target, draft):
-        if runner is None:
-            continue
-        runner.reset(batch_size)
-        runner.extend_rows(prompt.to(runner.device), [prompt_tokens] * batch_size, None, None, first)
-        if runner is target:
-            profile.verify_seconds = {n: timed(runner, n) for n in sizes}
-        else:
-            profile.draft_level_seconds = timed(runner, 1)
-            profile.draft_measured = True
-        runner.reset(1)
+        model.begin(1)
     return profile

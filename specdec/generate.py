@@ -19,14 +19,10 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from specdec.adaptive import DraftLengthController
-from specdec.batch import BatchSpeculativeEngine
 from specdec.batch_generate import (
-    StopRules,
-    batch_controller,
-    batch_costs,
     batch_prompts,
     check_batch_options,
-    generate_batch,
+    generate_rows,
     pad_id,
     pad_outputs,
     stop_rules,
@@ -36,12 +32,12 @@ from specdec.config import SpecConfig
 from specdec.costs import CostProfile, planning_costs
 from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
-from specdec.engine import SpeculativeEngine
+from specdec.engine import Row, SpeculativeEngine
 from specdec.fallback import chains_where_trees_fail
 from specdec.models.llama_runner import make_runner
 from specdec.models.loading import find_tokenizer, vocab_info
 from specdec.sampling import LogitsPipeline
-from specdec.shaping import AutoShapeController
+from specdec.shaping import AutoShapeController, Planner
 from specdec.stats import GenerationStats
 from specdec.vocab import check_vocabularies
 
@@ -105,13 +101,24 @@ class SpeculativeModel:
         self._lock_owner: int | None = None  # the thread inside generate(), to refuse re-entry
         self._last_stats: GenerationStats | None = None
         self._thread_stats = threading.local()
-        #: Measured draft/verify costs that adaptive strategies plan with; measured at the first
-        #: generate() that needs it and then kept (set it to reuse a profile across processes).
-        self.cost_profile: CostProfile | None = None
+        #: Measured costs per batch size (`cost_profile` is batch size 1's); set one to reuse it.
+        self.cost_profiles: dict[int, CostProfile] = {}
         self.config = chains_where_trees_fail(config, target, draft, runtime)
         self._target_runner = make_runner(target, runtime, cuda_graphs)
-        self._batch_profiles: dict[int, CostProfile | None] = {}  # batch size -> measured costs
         self._drafter = self._make_drafter(draft, draft_tokenizer)
+
+    @property
+    def cost_profile(self) -> CostProfile | None:
+        """Measured draft/verify costs (one row) that adaptive strategies plan with; measured at the
+        first generate() that needs it and then kept (set it to reuse a profile across processes)."""
+        return self.cost_profiles.get(1)
+
+    @cost_profile.setter
+    def cost_profile(self, profile: CostProfile | None) -> None:
+        if profile is None:
+            self.cost_profiles.pop(1, None)
+        else:
+            self.cost_profiles[1] = profile
 
     @property
     def stats(self) -> GenerationStats | None:
@@ -189,32 +196,43 @@ class SpeculativeModel:
             )
         return TreeShape(mode="chain")
 
-    def _controller(self, do_sample: bool) -> DraftLengthController | AutoShapeController:
-        """Chains adapt k (unless fixed); trees draft to their own depth; auto plans every step.
-
-        The measured cost profile is refined or kept as `costs.planning_costs` says."""
+    def _planner(self, do_sample: bool, batch_size: int) -> Planner:
+        """Chains adapt k (unless fixed); trees draft to their own depth (batches: the depth a static
+        tree is cut at adapts too); auto plans every step. With more than one row, plain batched
+        decoding (k = 0) is a choice as well: verifying k + 1 tokens per row can cost more than the
+        accepted tokens save. The measured cost profile is refined or kept as
+        `costs.planning_costs` says."""
         config = self.config
         if config.strategy == "auto":
-            costs, refine = planning_costs(self._costs(65), do_sample)
+            costs, refine = planning_costs(self._costs(65, batch_size), do_sample)
             return AutoShapeController(
                 max_depth=config.max_draft_tokens,
                 costs=costs,
                 free_depth=config.max_draft_tokens,
                 refine_costs=refine,
             )
+        if config.strategy == "tree" and batch_size > 1:
+            tree = config.static_tree
+            costs, refine = planning_costs(self._costs(len(tree) + 1, batch_size), do_sample)
+            nodes = [sum(d <= k for d in tree.depths) for k in range(tree.depth + 1)]
+            return DraftLengthController(tree.depth, costs=costs, min_k=0, refine_costs=refine, nodes=nodes)
         if config.strategy in ("tree", "dynamic-tree", "hybrid"):
             return DraftLengthController(config.max_depth, fixed_k=config.max_depth)
         if config.strategy == "none":
             return DraftLengthController(1, fixed_k=0)
         if config.num_draft_tokens is not None:
             return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
-        costs, refine = planning_costs(self._costs(config.max_draft_tokens + 1), do_sample)
-        return DraftLengthController(config.max_draft_tokens, costs=costs, refine_costs=refine)
+        costs, refine = planning_costs(self._costs(config.max_draft_tokens + 1, batch_size), do_sample)
+        return DraftLengthController(
+            config.max_draft_tokens, costs=costs, refine_costs=refine, min_k=0 if batch_size > 1 else 1
+        )
 
-    def _costs(self, max_verify_tokens: int) -> CostProfile:
-        if self.cost_profile is None:
-            self.cost_profile = measure_costs(self._target_runner, self._drafter, max_verify_tokens)
-        return self.cost_profile
+    def _costs(self, max_verify_tokens: int, batch_size: int) -> CostProfile:
+        if batch_size not in self.cost_profiles:
+            self.cost_profiles[batch_size] = measure_costs(
+                self._target_runner, self._drafter, max_verify_tokens, batch_size
+            )
+        return self.cost_profiles[batch_size]
 
     # ------------------------------------------------------------------ generate
     @torch.inference_mode()
@@ -230,11 +248,10 @@ class SpeculativeModel:
     ) -> torch.Tensor | GenerateDecoderOnlyOutput:
         """Generate like `target.generate(...)`, speculatively.
 
-        inputs / input_ids: [B, L] prompt ids of any integer dtype (left padding through
-        attention_mask); B > 1 runs the chain, tree, prompt-lookup and none strategies on Llama-layout
-        models (see specdec.batch). generator: a torch.Generator for the draws (specdec extension);
-        default: torch's global RNG. Returns [B, L + new] int64 ids (rows that stop early padded with
-        pad_token_id), or a GenerateDecoderOnlyOutput when return_dict_in_generate=True.
+        inputs / input_ids: [B, L] prompt ids of any integer dtype (left padding through attention_mask);
+        every strategy runs at any B (see specdec.engine). generator: a torch.Generator for the draws (specdec
+        extension); default: torch's global RNG. Returns [B, L + new] int64 ids (rows that stop early padded
+        with pad_token_id), or a GenerateDecoderOnlyOutput when return_dict_in_generate=True.
 
         As transformers 5 does: with no max_new_tokens / max_length, up to the generation config's
         max_length (20 by default) NEW tokens (capped at max_position_embeddings); a user logits
@@ -278,159 +295,62 @@ class SpeculativeModel:
         input_ids, attention_mask = _take_inputs(inputs, kwargs)
         _check_id_range(input_ids, self._id_limit())
         input_ids = input_ids.long()  # transformers returns int64 whatever integer dtype came in
-        if input_ids.shape[0] > 1:
-            return self._generate_batch(
-                input_ids, attention_mask, generation_config, logits_processor, stopping_criteria,
-                streamer, generator, kwargs,
-            )  # fmt: skip
-        return self._generate_one(
-            input_ids, attention_mask, generation_config, logits_processor, stopping_criteria,
-            streamer, generator, kwargs,
-        )  # fmt: skip
-
-    def _generate_one(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        generation_config: GenerationConfig | None,
-        logits_processor: LogitsProcessorList | None,
-        stopping_criteria: StoppingCriteriaList | None,
-        streamer,
-        generator: torch.Generator | None,
-        kwargs: dict,
-    ) -> torch.Tensor | GenerateDecoderOnlyOutput:
-        """generate() for input_ids [1, L]."""
-        prompt, pad_prefix = _prompt_tokens(input_ids, attention_mask)  # [1, L'], [1, L - L']
-        input_length = input_ids.shape[1]
+        batch, input_length = input_ids.shape
         gen_config, max_length = self._generation_config(generation_config, kwargs, input_length)
+        if batch > 1:
+            check_batch_options(gen_config, streamer)
+        prompts, prefixes = batch_prompts(input_ids, attention_mask)  # [L_b], [P_b] per row
         device = self._target_runner.device
-        prompt = prompt.to(device)
         context = self._target_runner.context_length
-        if context is not None and prompt.shape[1] > context:
-            raise ValueError(
-                f"the prompt ({prompt.shape[1]} tokens, padding left out) is longer than the target's "
-                f"context of {context} positions; shorten it."
-            )
-        eos_ids = _as_id_list(gen_config.eos_token_id)
-        rules = stop_rules(
-            gen_config, max_length, input_length, eos_ids, stopping_criteria, self._max_positions(), context
-        )
-        prefix = pad_prefix[0].to(device)  # [P] the padding, which processors and criteria see
-        pipeline = LogitsPipeline(
-            gen_config, input_length, eos_ids, logits_processor, device=device, prefix=prefix
-        )
-        want_scores = bool(gen_config.output_scores)
-        want_logits = bool(gen_config.output_logits)
-
-        stats = GenerationStats()
-        self.stats = stats
-        controller = self._controller(bool(gen_config.do_sample))
-        engine = SpeculativeEngine(self._target_runner, self._drafter, controller, pipeline, stats, generator)
-        engine.begin()
-
-        start = time.perf_counter()
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        sequence = prompt  # [1, N]
-        scores: list[torch.Tensor] = []
-        raw_logits: list[torch.Tensor] = []
-        generated = 0
-        at_context = False
-        try:
-            while True:
-                budget = rules.budget(sequence.shape[1], generated)
-                if budget == 0:  # the context is full and nothing else stopped the generation
-                    at_context = True
-                    break
-                result = engine.step(sequence, budget)
-                tokens, token_ids = result.tokens[:budget], result.token_ids[:budget]  # [m <= budget]
-                tokens, finished = rules.cut(prefix, sequence[0], tokens, token_ids)
-                sequence = torch.cat([sequence, tokens[None]], dim=1)
-                generated += tokens.shape[0]
-                if want_scores:
-                    scores.extend(result.scores[: tokens.shape[0]].split(1))
-                if want_logits:
-                    raw_logits.extend(result.logits[: tokens.shape[0]].split(1))
-                if streamer is not None:
-                    streamer.put(tokens.cpu())
-                if finished or generated >= rules.max_new_tokens or rules.timed_out():
-                    break
-        finally:
-            # Leave no half-used cache behind, whether the loop ended or raised.
-            engine.begin()
-        if streamer is not None:
-            streamer.end()
-        if at_context:  # the user's frame: _generate_one < _generate < generate < inference_mode
-            rules.warn_context([generated], stacklevel=5)
-        stats.new_tokens = generated
-        stats.total_time = time.perf_counter() - start
-
-        output = torch.cat([pad_prefix.to(sequence.device), sequence], dim=1)
-        output = output.to(input_ids.device)
-        if gen_config.return_dict_in_generate:
-            return GenerateDecoderOnlyOutput(
-                sequences=output,
-                scores=tuple(scores) if want_scores else None,
-                logits=tuple(raw_logits) if want_logits else None,
-            )
-        return output
-
-    def _generate_batch(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        generation_config: GenerationConfig | None,
-        logits_processor: LogitsProcessorList | None,
-        stopping_criteria: StoppingCriteriaList | None,
-        streamer,
-        generator: torch.Generator | None,
-        kwargs: dict,
-    ) -> torch.Tensor | GenerateDecoderOnlyOutput:
-        """generate() for input_ids [B, L], B > 1: every row exactly as the target alone would."""
-        input_length = input_ids.shape[1]
-        gen_config, max_length = self._generation_config(generation_config, kwargs, input_length)
-        draft = self._drafter.runner if isinstance(self._drafter, ModelDrafter) else None
-        check_batch_options(self.config, gen_config, streamer, self._target_runner, draft)
-        prompts, prefixes = batch_prompts(input_ids, attention_mask)
-        context = self._target_runner.context_length
-        for b, row in enumerate(prompts):
-            if context is not None and row.shape[0] > context:
+        for b, prompt in enumerate(prompts):
+            if context is not None and prompt.shape[0] > context:
+                which = "the prompt" if batch == 1 else f"the prompt of row {b}"
                 raise ValueError(
-                    f"the prompt of row {b} ({row.shape[0]} tokens, padding left out) is longer than the "
-                    f"target's context of {context} positions; shorten it."
+                    f"{which} ({prompt.shape[0]} tokens, padding left out) is longer than the target's "
+                    f"context of {context} positions; shorten it."
                 )
         eos_ids = _as_id_list(gen_config.eos_token_id)
         pad = pad_id(gen_config, eos_ids)
-        if pad is None and stopping_criteria:
+        if batch > 1 and pad is None and stopping_criteria:
             raise ValueError(
                 "rows may stop at different lengths: set pad_token_id (or an EOS id) to pad them."
             )
-        rules: StopRules = stop_rules(
+        rules = stop_rules(
             gen_config, max_length, input_length, eos_ids, stopping_criteria, self._max_positions(), context
         )
-        batch = input_ids.shape[0]
-        if batch not in self._batch_profiles:
-            self._batch_profiles[batch] = batch_costs(self._target_runner, draft, batch, self.config)
-        template, controller = batch_controller(
-            self.config, batch, self._batch_profiles[batch], bool(gen_config.do_sample)
-        )
+        rows = [
+            Row(
+                prompt.to(device)[None],
+                LogitsPipeline(
+                    gen_config, input_length, eos_ids, logits_processor, device=device, prefix=prefix
+                ),
+            )
+            for prompt, prefix in zip(prompts, prefixes, strict=True)
+        ]
+        want_scores, want_logits = bool(gen_config.output_scores), bool(gen_config.output_logits)
+
         stats = GenerationStats()
         self.stats = stats
-        lookup = None
-        if self.config.strategy == "prompt-lookup":
-            lookup = (self.config.prompt_lookup_max_ngram, self.config.prompt_lookup_min_ngram)
-        engine = BatchSpeculativeEngine(
-            self._target_runner, draft, template, controller, stats, generator, lookup
-        )
+        planner = self._planner(bool(gen_config.do_sample), batch)
+        engine = SpeculativeEngine(self._target_runner, self._drafter, planner, stats, generator)
         start = time.perf_counter()
-        new_tokens = generate_batch(
-            engine, prompts, prefixes, gen_config, input_length, eos_ids, logits_processor, rules
-        )
-        stats.new_tokens = sum(int(t.shape[0]) for t in new_tokens)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        made = generate_rows(engine, rows, prefixes, rules, streamer, want_scores, want_logits)
+        if streamer is not None:
+            streamer.end()
+        if made.at_context:  # the user's frame: _generate < generate < inference_mode
+            generated = [int(made.tokens[i].shape[0]) for i in made.at_context]
+            rules.warn_context(generated, made.at_context if batch > 1 else None, stacklevel=4)
+        stats.new_tokens = sum(int(t.shape[0]) for t in made.tokens)
         stats.total_time = time.perf_counter() - start
-        output = pad_outputs(input_ids, new_tokens, pad)
+        output = pad_outputs(input_ids, made.tokens, pad)
         if gen_config.return_dict_in_generate:
-            return GenerateDecoderOnlyOutput(sequences=output)
+            return GenerateDecoderOnlyOutput(
+                sequences=output,
+                scores=tuple(made.scores[0]) if want_scores else None,
+                logits=tuple(made.logits[0]) if want_logits else None,
+            )
         return output
 
     def _generation_config(
@@ -496,7 +416,7 @@ class SpeculativeModel:
                 f"tokens (the generation config's default max_length of {config.max_length} new tokens, "
                 "as transformers does); set max_new_tokens to choose.",
                 UserWarning,
-                stacklevel=6,  # the user's frame (called by _generate_one or _generate_batch)
+                stacklevel=5,  # the user's frame (called by _generate < generate < inference_mode)
             )
         return config, max_length
 
@@ -577,22 +497,6 @@ def _check_id_range(input_ids: torch.Tensor, limit: int) -> None:
             f"input_ids holds token id {int(input_ids[b, i])} at [{b}, {i}], outside the target's "
             f"vocabulary of {limit} ids (0..{limit - 1}); check that the tokenizer belongs to the model."
         )
-
-
-def _prompt_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
-    """One row's prompt: ([1, L'] prompt without left padding, [1, L - L'] the padding)."""
-    if attention_mask is None:
-        return input_ids, input_ids[:, :0]
-    mask = attention_mask[0].bool()
-    if not mask.any():
-        raise ValueError("attention_mask masks every prompt token; nothing to condition on.")
-    first = int(mask.nonzero()[0])
-    if not mask[first:].all():
-        raise ValueError(
-            "attention_mask has padding after the first real token (right padding or holes); "
-            "use left padding (tokenizer.padding_side = 'left')."
-        )
-    return input_ids[:, first:], input_ids[:, :first]
 
 
 def _as_id_list(value) -> list[int]:

@@ -137,7 +137,8 @@ def test_draft_with_extra_ids_past_the_target_is_accepted_and_masked():
     from specdec.sampling import LogitsPipeline
 
     config, _ = target._prepare_generation_config(None)
-    proposal = spec._drafter.propose(ids, 4, LogitsPipeline(config, 5, []), None)
+    spec._drafter.begin(1)
+    (proposal,) = spec._drafter.propose([ids], 4, [LogitsPipeline(config, 5, [])], None)
     assert len(proposal) == 4 and int(proposal.tokens.max()) < 96
 
 

@@ -229,18 +229,14 @@ def sample_first_pairs(spec, ids, mask, calls: int, seed: int, **kwargs) -> tupl
 def test_sampled_rows_follow_the_target_distribution(monkeypatch, strategy, kwargs):
     """Chi-square per row; the tree is held at its full depth (batched trees otherwise choose their
     depth from measured costs, which on these tiny models is mostly 0: no tree would be tested)."""
-    import specdec.generate as generate_module
-
-    def full_depth(config, batch_size, profile, do_sample):
-        template = config.static_tree if config.strategy == "tree" else Tree.chain(config.num_draft_tokens)
-        return template, DraftLengthController(template.depth, fixed_k=template.depth)
-
-    monkeypatch.setattr(generate_module, "batch_controller", full_depth)
     target = tiny_llama(vocab=V, seed=0, init=0.1)
     draft = tiny_llama(vocab=V, hidden=32, layers=1, heads=2, kv_heads=1, seed=5, init=0.1)
     sample_kwargs = dict(do_sample=True, temperature=0.9, top_k=6, eos_token_id=None)
     ids, mask, prompts = left_padded([5, 3, 7], 700, vocab=V)
     spec = specdec.wrap(target, draft, strategy=strategy, **kwargs)
+    depth = spec.config.static_tree.depth if strategy == "tree" else spec.config.num_draft_tokens
+    fixed = DraftLengthController(depth, fixed_k=depth)
+    monkeypatch.setattr(spec, "_planner", lambda do_sample, batch: fixed)
     counts, drafted = sample_first_pairs(spec, ids, mask, 700, 11, **sample_kwargs)
     assert drafted > 700  # every call drafted
     for b, p in enumerate(prompts):
@@ -282,13 +278,6 @@ def test_batch_bad_input(target, small_draft):
         spec.generate(
             ids, attention_mask=mask, max_new_tokens=4, output_scores=True, return_dict_in_generate=True
         )
-    with pytest.raises(ValueError, match='strategy="dynamic-tree" runs one prompt at a time'):
-        specdec.wrap(target, small_draft, strategy="dynamic-tree").generate(
-            ids, attention_mask=mask, max_new_tokens=4
-        )
-    generic = specdec.wrap(target, small_draft, strategy="chain", runtime="transformers")
-    with pytest.raises(ValueError, match="batch size > 1 needs specdec's runtime"):
-        generic.generate(ids, attention_mask=mask, max_new_tokens=4)
     # max_new_tokens past the context is not refused (rows stop there with a warning); a prompt longer
     # than the context is
     long_ids, long_mask, _ = left_padded([4, 257], 810)
@@ -358,3 +347,62 @@ def test_batched_prompt_lookup_sampling_follows_the_target_distribution():
     assert drafted > 800  # copies were proposed on most calls
     for b, p in enumerate(prompts):
         assert chi_square_pvalue(counts[b], exact_joint(target, p, **sample_kwargs)) > 1e-3, f"row {b}"
+
+
+# ---------------------------------------------------------------------- every strategy
+def repetitive_rows(lengths: list[int], seed: int):
+    """Left-padded rows whose ends repeat earlier stretches (n-gram copies exist), and the prompts."""
+    rows = []
+    for b, n in enumerate(lengths):
+        base = prompt(n, seed + b)
+        rows.append(torch.cat([base, prompt(2, seed + 50 + b), base[:, : max(1, n - 2)]], dim=1))
+    width = max(r.shape[1] for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - r.shape[1] :], mask[b, width - r.shape[1] :] = r[0], 1
+    return ids, mask, rows
+
+
+FLAT_COSTS = CostProfile(draft_level_seconds=1e-4, verify_seconds={1: 0.01, 65: 0.0101}, draft_measured=True)
+
+
+@pytest.mark.parametrize(
+    "strategy, kwargs",
+    [("dynamic-tree", {"tree_budget": 8}), ("hybrid", {}), ("auto", {}), ("prompt-lookup", {}), ("tree", {})],
+)
+@pytest.mark.parametrize("runtime", ["specdec", "transformers"])
+def test_every_strategy_runs_batches(target, small_draft, strategy, kwargs, runtime):
+    """Every strategy at B = 3 with ragged prompts, on specdec's runner and on transformers' forward:
+    each row equals the target alone (greedy); tree strategies verify branching trees."""
+    draft = None if strategy == "prompt-lookup" else small_draft
+    spec = specdec.wrap(target, draft, strategy=strategy, runtime=runtime, **kwargs)
+    ids, mask, rows = repetitive_rows([5, 8, 3], 900)
+    if strategy in ("auto", "tree"):
+        spec.cost_profiles[3] = FLAT_COSTS  # verification nearly free: trees are planned
+    expected = expected_rows(target, rows, 0, max_new_tokens=20, do_sample=False)
+    out = spec.generate(ids, attention_mask=mask, max_new_tokens=20)
+    assert_rows_equal(out, ids.shape[1], expected, pad=2)
+    assert spec.stats.runtime == ("transformers" if runtime == "transformers" else "specdec")
+    if strategy in ("dynamic-tree", "hybrid", "auto", "tree"):
+        assert spec.stats.tree_passes > 0, strategy
+    else:
+        assert spec.stats.drafted_tokens > 0
+
+
+@pytest.mark.parametrize("strategy", ["dynamic-tree", "auto"])
+def test_sampled_rows_of_adaptive_strategies_follow_the_target(strategy):
+    """Per-row chi-square of the first two sampled tokens for per-row dynamic trees and auto's plans."""
+    target = tiny_llama(vocab=V, seed=0, init=0.1)
+    draft = tiny_llama(vocab=V, hidden=32, layers=1, heads=2, kv_heads=1, seed=5, init=0.1)
+    sample_kwargs = dict(do_sample=True, temperature=0.9, top_k=6, eos_token_id=None)
+    ids, mask, prompts = left_padded([5, 3], 710, vocab=V)
+    spec = specdec.wrap(
+        target, draft, strategy=strategy, **({"tree_budget": 6} if strategy == "dynamic-tree" else {})
+    )
+    spec.cost_profiles[2] = FLAT_COSTS
+    counts, drafted = sample_first_pairs(spec, ids, mask, 600, 13, **sample_kwargs)
+    assert drafted > 600
+    for b, p in enumerate(prompts):
+        joint = exact_joint(target, p, **sample_kwargs)
+        assert chi_square_pvalue(counts[b], joint) > 1e-3, f"row {b}"

@@ -109,24 +109,25 @@ def test_copy_reach_follows_the_measured_copy_acceptance(target):
     hybrid = spec._drafter
     hybrid.begin()
     ids = repetitive_prompt(6)  # its last tokens repeat an earlier stretch: a copy exists
-    prior = hybrid.free_candidates(ids, do_sample=False)
+    (prior,) = hybrid.free_candidates([ids], do_sample=False)
     assert len(prior) >= 2 and prior == pytest.approx([0.5 ** (j + 1) for j in range(len(prior))])
 
     def observe(run: int) -> None:
         """One verified step that offered a 4-token copy and followed it for `run` tokens."""
-        hybrid._sources = [("prompt-lookup",)] * 4
-        hybrid._model_nodes = [None] * 4
+        row = hybrid._rows[0]
+        row.sources = [("prompt-lookup",)] * 4
+        row.model_nodes = [None] * 4
+        row.copy_length = 4
         hybrid._model_ran = False
-        hybrid._copy_length = 4
-        hybrid.observe(ids.shape[1], tuple(range(run)))
+        hybrid.observe([ids.shape[1]], [tuple(range(run))])
 
     for _ in range(5):
         observe(4)
-    high = hybrid.free_candidates(ids, do_sample=False)
+    (high,) = hybrid.free_candidates([ids], do_sample=False)
     alpha = high[0]
     assert alpha > 0.8 and high == pytest.approx([alpha ** (j + 1) for j in range(len(high))])
     for _ in range(20):
         observe(0)
-    low = hybrid.free_candidates(ids, do_sample=False)
+    (low,) = hybrid.free_candidates([ids], do_sample=False)
     assert low[0] < 0.5 < alpha
-    assert hybrid.free_candidates(ids, do_sample=True) == low  # hybrid merges when sampling too
+    assert hybrid.free_candidates([ids], do_sample=True) == [low]  # hybrid merges when sampling too

@@ -22,7 +22,7 @@ def test_every_drafter_implements_the_protocol():
         assert isinstance(drafter, Drafter), type(drafter).__name__
         params = inspect.signature(drafter.propose).parameters
         assert "tree" in params, f"{type(drafter).__name__}.propose takes no tree="
-        assert drafter.free_candidates(torch.tensor([[3, 4, 3]]), False) is not None
+        assert drafter.free_candidates([torch.tensor([[3, 4, 3]])], False) is not None
 
 
 def test_every_planner_implements_the_protocol():

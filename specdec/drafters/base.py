@@ -1,4 +1,5 @@
-"""The drafter protocol: propose(sequence, max_depth) -> Draft; observe(accepted path)."""
+"""The drafter protocol (B rows at once): propose(sequences, max_depth) -> one Draft per row;
+observe(accepted paths)."""
 
 from __future__ import annotations
 
@@ -47,21 +48,41 @@ class Draft:
         return int(self.tokens.shape[0])
 
 
-def draft_tokens_on_host(draft: Draft) -> list[int]:
-    """The draft's tokens as host ints, its `valid` flag read in the same sync (raises
-    NonFiniteLogitsError("draft") when the draft model's logits were not finite)."""
-    if draft.valid is None:
-        return draft.tokens.tolist()
-    ok, *tokens = torch.cat([draft.valid.long().view(1), draft.tokens.to(draft.valid.device)]).tolist()
-    if not ok:
+def drafts_on_host(drafts: list[Draft]) -> list[list[int]]:
+    """Every draft's tokens as host ints in one read, with their `valid` flags (raises
+    NonFiniteLogitsError("draft") when a draft model's logits were not finite)."""
+    flags = [d.valid.long().view(1) for d in drafts if d.valid is not None]
+    parts = [d.tokens.reshape(-1).long() for d in drafts]
+    if not flags and not any(p.numel() for p in parts):
+        return [[] for _ in drafts]
+    device = (flags or parts)[0].device
+    values = torch.cat([f.to(device) for f in flags] + [p.to(device) for p in parts]).tolist()
+    if not all(values[: len(flags)]):
         raise NonFiniteLogitsError("draft")
+    values, tokens = values[len(flags) :], []
+    for part in parts:
+        tokens.append(values[: part.numel()])
+        values = values[part.numel() :]
     return tokens
+
+
+def pipelines_scores(
+    pipelines: list[LogitsPipeline], contexts: list[torch.Tensor] | None, logits: torch.Tensor
+) -> torch.Tensor:
+    """Processed scores [B, V] of one position per row, each row through its own pipeline.
+
+    contexts: per row [1, n_b] tokens before the position (None when no pipeline has processors);
+    logits: [B, V] raw."""
+    if not any(p.processors for p in pipelines):
+        return logits.float()
+    return torch.cat([p.scores(contexts[b], logits[b : b + 1]) for b, p in enumerate(pipelines)])  # [B, V]
 
 
 @runtime_checkable
 class Drafter(Protocol):
-    """A source of draft tokens: everything the engine calls. Implementations may keep state (a KV
-    cache, a host copy of the committed ids) between steps."""
+    """A source of draft tokens for B rows at once (B = 1: one prompt): everything the engine calls.
+    Implementations may keep per-row state (a KV cache row, a host copy of the committed ids)
+    between steps. `sequences` are per row [1, N_b] committed tokens, without padding."""
 
     name: str
     #: True when proposing costs model forward passes (its time is worth measuring per token).
@@ -69,29 +90,33 @@ class Drafter(Protocol):
     #: Positions the drafter's model can hold (the engine caps the draft depth by it); None: no limit.
     context_length: int | None
 
-    def begin(self) -> None:
-        """Start a new generation (drop any state from a previous one)."""
+    def begin(self, batch_size: int = 1) -> None:
+        """Start a new generation of `batch_size` rows (drop any state from a previous one)."""
 
-    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
-        """Per position j of candidates that cost no draft pass (n-gram copies) after `sequence`
-        ([1, N]): the chance the accepted path follows them past j, which a planner must beat with
-        draft-model nodes. Empty when there are none."""
+    def keep(self, rows: list[int]) -> None:
+        """Continue with the rows `rows` (ascending indices) only, e.g. when others finished."""
+
+    def free_candidates(self, sequences: list[torch.Tensor], do_sample: bool) -> list[list[float]]:
+        """Per row, per position j of candidates that cost no draft pass (n-gram copies): the chance
+        the accepted path follows them past j, which a planner must beat with draft-model nodes.
+        A row's list is empty when it has none."""
 
     def propose(
         self,
-        sequence: torch.Tensor,
+        sequences: list[torch.Tensor],
         max_depth: int,
-        pipeline: LogitsPipeline,
+        pipelines: list[LogitsPipeline],
         generator: torch.Generator | None,
         tree: Tree | None = None,
-    ) -> Draft:
-        """Candidates following `sequence` ([1, N] committed tokens), at most `max_depth` deep; `tree`
-        (a planned static shape) overrides the drafter's own shape for this step where it has one."""
+    ) -> list[Draft]:
+        """One draft per row, at most `max_depth` deep (max_depth >= 1); `tree` (a planned static
+        shape) overrides the drafter's own shape for this step where it has one."""
 
-    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
-        """After verification: the first `committed_length` tokens were committed before this step and
-        the draft nodes on `path` (root first) were accepted; anything else the drafter holds is stale."""
+    def observe(self, committed_lengths: list[int], paths: list[tuple[int, ...]]) -> None:
+        """After verification, per row: the first committed_lengths[b] tokens were committed before
+        this step and the draft nodes on paths[b] (root first) were accepted; anything else the
+        drafter holds for the row is stale."""
 
-    def committed(self, token_ids: list[int]) -> None:
-        """The step's committed tokens as host ints (read in the step's one sync), e.g. for n-gram
-        search over a host copy of the sequence."""
+    def committed(self, token_ids: list[list[int]]) -> None:
+        """Each row's committed tokens of this step as host ints (read in the step's one sync),
+        e.g. for n-gram search over a host copy of the sequence."""

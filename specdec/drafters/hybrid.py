@@ -11,28 +11,30 @@ proposal distribution, so the committed tokens are still distributed exactly as 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from specdec.acceptance import NodeKind
-from specdec.drafters.base import Draft, draft_tokens_on_host
+from specdec.drafters.base import Draft, drafts_on_host
 from specdec.drafters.model import ModelDrafter, TreeShape
 from specdec.drafters.prompt_lookup import PromptLookupDrafter, find_continuations
 from specdec.sampling import LogitsPipeline
 from specdec.tree import Tree
 
 MODEL, NGRAM = "draft-model", "prompt-lookup"
-DECAY = 0.9  # weight of the past in the per-source and copy acceptance statistics
+DECAY = 0.9  # weight of the past in the per-source and copy acceptance statistics (per step)
 
 
 class HybridDrafter:
-    """Merges a draft model's tree with n-gram continuations; skips the model when the n-gram branch
-    is long and has been accepted reliably in this generation.
+    """Merges a draft model's tree with n-gram continuations, per row; skips the model when every
+    row's n-gram branch is long and has been accepted reliably in this generation.
 
     model_budget: nodes of the draft model's dynamic tree at an even split; the split follows the
     sources' measured acceptance (accepted / proposed nodes, decayed), between 2 and 2 * model_budget.
     trust / skip_length: the draft model is skipped on steps whose n-gram continuation has at least
     skip_length tokens while n-gram runs of at least `trust` tokens have been accepted per step
-    recently (decayed mean).
+    recently (decayed mean). The statistics are shared by the rows of a batch.
     """
 
     name = "hybrid"
@@ -61,61 +63,58 @@ class HybridDrafter:
         self.trust = trust
         self.skip_length = skip_length
         self.max_candidates = max_candidates
-        self._model_nodes: list[int | None] = []  # merged node -> the model's node index
-        self._model_ran = False
-        self._sources: list[tuple[str, ...]] = []
-        self._passthrough = False
-        self._ngram_gain = 0.5  # decayed mean n-gram-only accepted length per step (with a prior)
-        self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}  # decayed [accepted, proposed]
-        self._reset_copy_statistics()
-
-    def _reset_copy_statistics(self) -> None:
-        self._copy_accepted = 1.0  # decayed: copied tokens the target accepted (prior 1/2 of 2)
-        self._copy_judged = 2.0  # decayed: copied tokens the target judged (accepted + first rejected)
-        self._copy_length = 0
-        self._cached_key: tuple[int, int] | None = None
-        self._cached: list[torch.Tensor] = []
+        self.begin(1)
 
     @property
     def context_length(self) -> int | None:
         return self.model.context_length
 
-    def begin(self) -> None:
-        self.model.begin()
-        self.lookup.begin()
-        self._sources = []
+    def begin(self, batch_size: int = 1) -> None:
+        self.model.begin(batch_size)
+        self.lookup.begin(batch_size)
+        self._model_ran = False
         self._passthrough = False
-        self._ngram_gain = 0.5
-        self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}
-        self._reset_copy_statistics()
+        self._ngram_gain = 0.5  # decayed mean n-gram-only accepted length per step (with a prior)
+        self._rates = {MODEL: [1.0, 2.0], NGRAM: [1.0, 2.0]}  # decayed [accepted, proposed]
+        self._copy_accepted = 1.0  # decayed: copied tokens the target accepted (prior 1/2 of 2)
+        self._copy_judged = 2.0  # decayed: copied tokens the target judged (accepted + first rejected)
+        self._rows = [_RowState() for _ in range(batch_size)]
 
-    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
-        """Per position j of this step's longest n-gram copy after `sequence` ([1, N]): the chance
-        that the accepted path follows the copy past position j, alpha^(j + 1), where alpha is the
-        measured share of judged copied tokens that were accepted (decayed per step, prior 1/2), as
-        prompt lookup's own length controller models it. What a planner must beat with draft-model
-        nodes. Empty when nothing matches, or when sampling without merging."""
+    def keep(self, rows: list[int]) -> None:
+        self.model.keep(rows)
+        self.lookup.keep(rows)
+        self._rows = [self._rows[b] for b in rows]
+
+    def free_candidates(self, sequences: list[torch.Tensor], do_sample: bool) -> list[list[float]]:
+        """Per row, per position j of this step's longest n-gram copy: the chance that the accepted
+        path follows the copy past position j, alpha^(j + 1), where alpha is the measured share of
+        judged copied tokens that were accepted (decayed per step, prior 1/2), as prompt lookup's own
+        length controller models it. What a planner must beat with draft-model nodes. Empty when
+        nothing matches, or when sampling without merging."""
         if do_sample and not self.merge_when_sampling:
-            return []
-        candidates = self._continuations(sequence, self.free_depth)
-        longest = max((c.numel() for c in candidates), default=0)
+            return [[] for _ in sequences]
         alpha = min(self._copy_accepted / self._copy_judged, 0.999)
-        return [alpha ** (j + 1) for j in range(longest)]
+        reach = []
+        for b, sequence in enumerate(sequences):
+            longest = max((c.numel() for c in self._continuations(b, sequence, self.free_depth)), default=0)
+            reach.append([alpha ** (j + 1) for j in range(longest)])
+        return reach
 
-    def committed(self, token_ids: list[int]) -> None:
-        """The tokens the step committed (host ids, from the engine's sync)."""
+    def committed(self, token_ids: list[list[int]]) -> None:
+        """The tokens the step committed in each row (host ids, from the engine's sync)."""
         self.lookup.committed(token_ids)
 
-    def _continuations(self, sequence: torch.Tensor, depth: int) -> list[torch.Tensor]:
-        """This step's n-gram continuations (cached for the step's sequence and depth)."""
+    def _continuations(self, b: int, sequence: torch.Tensor, depth: int) -> list[torch.Tensor]:
+        """Row b's n-gram continuations this step (cached for the row's sequence and depth)."""
+        row = self._rows[b]
         key = (sequence.shape[1], depth)
-        if self._cached_key != key:
-            ids = self.lookup.history.view(sequence)  # [N] host
-            self._cached = find_continuations(
+        if row.cached_key != key:
+            ids = self.lookup.histories[b].view(sequence)  # [N] host
+            row.cached = find_continuations(
                 ids, depth, self.lookup.max_ngram, self.lookup.min_ngram, self.max_candidates
             )
-            self._cached_key = key
-        return self._cached
+            row.cached_key = key
+        return row.cached
 
     def rate(self, source: str) -> float:
         accepted, proposed = self._rates[source]
@@ -123,46 +122,28 @@ class HybridDrafter:
 
     def propose(
         self,
-        sequence: torch.Tensor,
+        sequences: list[torch.Tensor],
         max_depth: int,
-        pipeline: LogitsPipeline,
+        pipelines: list[LogitsPipeline],
         generator: torch.Generator | None,
         tree: Tree | None = None,
-    ) -> Draft:
-        """Merged candidates; `tree` (a run-time plan) shapes the draft model's part instead of the
-        dynamic tree sized from the sources' measured acceptance."""
-        if pipeline.do_sample and not self.merge_when_sampling:
-            self._model_ran, self._sources, self._model_nodes = True, [], []
-            self._passthrough = True
-            return self.model.propose(sequence, max_depth, pipeline, generator, tree=tree)
+    ) -> list[Draft]:
+        """Merged candidates per row; `tree` (a run-time plan) shapes the draft model's part instead
+        of the dynamic tree sized from the sources' measured acceptance."""
+        if pipelines[0].do_sample and not self.merge_when_sampling:
+            self._model_ran, self._passthrough = True, True
+            for row in self._rows:
+                row.sources, row.model_nodes = [], []
+            return self.model.propose(sequences, max_depth, pipelines, generator, tree=tree)
         self._passthrough = False
-        candidates = self._continuations(sequence, max_depth)
-        longest = max((c.numel() for c in candidates), default=0)
-        self._copy_length = longest
-        skip_model = longest >= min(self.skip_length, max_depth) and self._ngram_gain >= self.trust
+        candidates = [self._continuations(b, s, max_depth) for b, s in enumerate(sequences)]
+        longest = [max((c.numel() for c in found), default=0) for found in candidates]
+        reliable = self._ngram_gain >= self.trust
+        skip_model = reliable and all(n >= min(self.skip_length, max_depth) for n in longest)
         skip_model = skip_model or (tree is not None and len(tree) == 0)  # the plan has no model nodes
         self._model_ran = not skip_model
-        parents: list[int] = []
-        tokens: list[int] = []
-        sources: list[set[str]] = []
-        self._model_nodes = []
-        children: dict[tuple[int, int], int] = {}  # (parent, token) -> merged node
-
-        def insert(parent: int, token: int, source: str, model_node: int | None) -> int:
-            key = (parent, token)
-            if key in children:
-                node = children[key]
-                sources[node].add(source)
-                if model_node is not None:
-                    self._model_nodes[node] = model_node
-                return node
-            parents.append(parent)
-            tokens.append(token)
-            sources.append({source})
-            self._model_nodes.append(model_node)
-            children[key] = len(parents) - 1
-            return len(parents) - 1
-
+        model_tokens: list[list[int]] = [[] for _ in sequences]
+        model_trees: list[Tree] = [Tree.chain(0) for _ in sequences]
         if not skip_model:
             if tree is not None:
                 shape = TreeShape(mode="static", tree=tree, deterministic=True)
@@ -172,51 +153,107 @@ class HybridDrafter:
                 budget = max(2, round(2 * self.model_budget * share))
                 shape = TreeShape(mode="dynamic", budget=budget, branch=4, beam=4, deterministic=True)
                 model_depth = min(max_depth, self.model_depth)
-            draft = self.model.propose_shaped(shape, sequence, model_depth, pipeline, generator)
-            model_tokens = draft_tokens_on_host(draft)
-            merged: dict[int, int] = {}
-            for i, (parent, token) in enumerate(zip(draft.tree.parents, model_tokens, strict=True)):
-                merged[i] = insert(merged[parent] if parent >= 0 else -1, token, MODEL, i)
-        for continuation in candidates:
-            node = -1
-            for token in continuation.tolist():
-                node = insert(node, token, NGRAM, None)
-        merged_tree = Tree.from_parents(parents)
-        kinds = torch.full((len(tokens),), int(NodeKind.DETERMINISTIC), dtype=torch.long)
-        ids = torch.tensor(tokens, dtype=torch.long, device=sequence.device)
-        self._sources = [tuple(sorted(s)) for s in sources]
-        planned = [node is not None for node in self._model_nodes]
-        return Draft(ids, None, merged_tree, kinds, sources=self._sources, planned=planned)
+            drafts = self.model.propose_shaped(shape, sequences, model_depth, pipelines, generator)
+            model_tokens = drafts_on_host(drafts)  # one read for every row
+            model_trees = [d.tree for d in drafts]
+        merged_drafts = []
+        for b, sequence in enumerate(sequences):
+            row = self._rows[b]
+            row.copy_length = longest[b]
+            merged = _Merged()
+            index: dict[int, int] = {}
+            for i, (parent, token) in enumerate(zip(model_trees[b].parents, model_tokens[b], strict=True)):
+                index[i] = merged.insert(index[parent] if parent >= 0 else -1, token, MODEL, i)
+            for continuation in candidates[b]:
+                node = -1
+                for token in continuation.tolist():
+                    node = merged.insert(node, token, NGRAM, None)
+            row.sources = [tuple(sorted(s)) for s in merged.sources]
+            row.model_nodes = merged.model_nodes
+            kinds = torch.full((len(merged.tokens),), int(NodeKind.DETERMINISTIC), dtype=torch.long)
+            ids = torch.tensor(merged.tokens, dtype=torch.long, device=sequence.device)  # [T_b]
+            planned = [node is not None for node in merged.model_nodes]
+            merged_drafts.append(
+                Draft(
+                    ids, None, Tree.from_parents(merged.parents), kinds, sources=row.sources, planned=planned
+                )
+            )
+        return merged_drafts
 
-    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+    def observe(self, committed_lengths: list[int], paths: list[tuple[int, ...]]) -> None:
         if self._passthrough:
-            self.model.observe(committed_length, path)
+            self.model.observe(committed_lengths, paths)
             return
         for source in self._rates:
             self._rates[source] = [v * DECAY for v in self._rates[source]]
-        for node_sources in self._sources:
+        model_paths = []
+        for row, path in zip(self._rows, paths, strict=True):
+            self._observe_row(row, path)
+            model_path = []
+            for node in path if row.sources else ():
+                model_node = row.model_nodes[node]
+                if model_node is None:
+                    break
+                model_path.append(model_node)
+            model_paths.append(tuple(model_path) if self._model_ran else ())
+            row.sources = []
+        self.model.observe(committed_lengths, model_paths)
+
+    def _observe_row(self, row: _RowState, path: tuple[int, ...]) -> None:
+        """Fold one row's verified step into the shared source and copy statistics."""
+        for node_sources in row.sources:
             for source in node_sources:
                 self._rates[source][1] += 1.0
         for node in path:
-            for source in self._sources[node]:
+            for source in row.sources[node]:
                 self._rates[source][0] += 1.0
         ngram_run = 0
         for node in path:
-            if NGRAM not in self._sources[node]:
+            if NGRAM not in row.sources[node]:
                 break
             ngram_run += 1
         self._ngram_gain = 0.8 * self._ngram_gain + 0.2 * ngram_run
-        if self._copy_length:  # the copy's tokens judged: those accepted and the first rejected one
-            accepted = min(ngram_run, self._copy_length)
-            judged = accepted + (1 if accepted < self._copy_length else 0)
+        if row.copy_length:  # the copy's tokens judged: those accepted and the first rejected one
+            accepted = min(ngram_run, row.copy_length)
+            judged = accepted + (1 if accepted < row.copy_length else 0)
             self._copy_accepted = DECAY * self._copy_accepted + accepted
             self._copy_judged = DECAY * self._copy_judged + judged
-        self._copy_length = 0
-        model_path = []
-        for node in path if self._sources else ():
-            model_node = self._model_nodes[node]
-            if model_node is None:
-                break
-            model_path.append(model_node)
-        self.model.observe(committed_length, tuple(model_path) if self._model_ran else ())
-        self._sources = []
+        row.copy_length = 0
+
+
+@dataclass
+class _RowState:
+    """One row's hybrid draft of this step: each merged node's sources and draft-model node."""
+
+    sources: list[tuple[str, ...]] = field(default_factory=list)
+    model_nodes: list[int | None] = field(default_factory=list)  # merged node -> the model's node
+    copy_length: int = 0
+    cached_key: tuple[int, int] | None = None
+    cached: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class _Merged:
+    """A merged tree under construction: one node per distinct (parent, token)."""
+
+    parents: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    sources: list[set[str]] = field(default_factory=list)
+    model_nodes: list[int | None] = field(default_factory=list)
+    children: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def insert(self, parent: int, token: int, source: str, model_node: int | None) -> int:
+        """The node for `token` below `parent` (made when new), credited to `source`."""
+        key = (parent, token)
+        if key in self.children:
+            node = self.children[key]
+            self.sources[node].add(source)
+            if model_node is not None:
+                self.model_nodes[node] = model_node
+            return node
+        self.parents.append(parent)
+        self.tokens.append(token)
+        self.sources.append({source})
+        self.model_nodes.append(model_node)
+        self.children[key] = len(self.parents) - 1
+        return len(self.parents) - 1

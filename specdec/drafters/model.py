@@ -1,7 +1,8 @@
-"""A draft model proposing a chain, a static tree or a dynamic tree on its own KV cache.
+"""A draft model proposing a chain, a static tree or a dynamic tree for B rows on its own KV cache.
 
 The draft expands its proposal depth by depth: one forward pass per depth scores every node of that
-depth that gets children, with an ancestor-only attention mask (as the target does when verifying).
+depth that gets children, in every row, with an ancestor-only attention mask (as the target does when
+verifying). Each row keeps its own tree (dynamic trees differ per row) and its own cache row.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from specdec.acceptance import NodeKind
-from specdec.drafters.base import Draft
+from specdec.drafters.base import Draft, pipelines_scores
 from specdec.errors import NonFiniteLogitsError
 from specdec.models.llama_runner import make_runner
 from specdec.sampling import LogitsPipeline, probabilities, sample, sample_without_replacement
@@ -62,7 +63,7 @@ class _Choice:
 
 
 class ModelDrafter:
-    """Draft tokens from a small causal LM.
+    """Draft tokens from a small causal LM, for every row of a batch at once.
 
     target_vocab_size: ids at or past it are masked out of the draft's proposals (a draft may carry
     extra tokens, e.g. TinyLlama-Chat-v0.1's 32001 ids against Llama-2's 32000).
@@ -84,150 +85,197 @@ class ModelDrafter:
         self.target_vocab_size = target_vocab_size
         self.target_device = target_device
         self.shape = shape or TreeShape()
-        self._node_rows: dict[int, int] = {}  # node index -> draft cache row, for nodes fed this step
+        self._node_rows: list[dict[int, int]] = [{}]  # per row: node -> draft cache row, fed this step
 
     @property
     def context_length(self) -> int | None:
         return self.runner.context_length
 
-    def begin(self) -> None:
-        self.runner.reset()
-        self._node_rows = {}
+    def begin(self, batch_size: int = 1) -> None:
+        self.runner.reset(batch_size)
+        self._node_rows = [{} for _ in range(batch_size)]
 
-    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
+    def keep(self, rows: list[int]) -> None:
+        self.runner.keep_rows(rows)
+        self._node_rows = [self._node_rows[b] for b in rows]
+
+    def free_candidates(self, sequences: list[torch.Tensor], do_sample: bool) -> list[list[float]]:
         """Every candidate of a draft model costs a draft pass."""
-        return []
+        return [[] for _ in sequences]
 
-    def committed(self, token_ids: list[int]) -> None:
+    def committed(self, token_ids: list[list[int]]) -> None:
         """Nothing to keep: the draft's own cache holds the committed tokens."""
 
     # ------------------------------------------------------------------ propose
     def propose(
         self,
-        sequence: torch.Tensor,
+        sequences: list[torch.Tensor],
         max_depth: int,
-        pipeline: LogitsPipeline,
+        pipelines: list[LogitsPipeline],
         generator: torch.Generator | None,
         tree: Tree | None = None,
-    ) -> Draft:
-        """A tree of depth <= max_depth after `sequence` ([1, N] committed tokens); `tree` overrides
-        the drafter's own shape for this step (a static tree planned at run time)."""
-        if tree is None:
-            return self._propose(sequence, max_depth, pipeline, generator)
-        shape = TreeShape(mode="static", tree=tree, deterministic=self.shape.deterministic)
-        return self.propose_shaped(shape, sequence, max_depth, pipeline, generator)
+    ) -> list[Draft]:
+        """Per row a tree of depth <= max_depth after sequences[b] ([1, N_b] committed tokens); `tree`
+        overrides the drafter's own shape for this step (a static tree planned at run time)."""
+        shape = self.shape
+        if tree is not None:
+            shape = TreeShape(mode="static", tree=tree, deterministic=self.shape.deterministic)
+        return self.propose_shaped(shape, sequences, max_depth, pipelines, generator)
 
     def propose_shaped(
         self,
         shape: TreeShape,
-        sequence: torch.Tensor,
+        sequences: list[torch.Tensor],
         max_depth: int,
-        pipeline: LogitsPipeline,
+        pipelines: list[LogitsPipeline],
         generator: torch.Generator | None,
-    ) -> Draft:
-        """`propose` with `shape` in place of the drafter's own shape, for this call only."""
-        if shape.mode == "static" and len(shape.tree) == 0:
-            return Draft(sequence.new_empty(0))
-        saved, self.shape = self.shape, shape
-        try:
-            return self._propose(sequence, max_depth, pipeline, generator)
-        finally:
-            self.shape = saved
+    ) -> list[Draft]:
+        """`propose` with `shape` in place of the drafter's own shape."""
+        if max_depth <= 0 or (shape.mode == "static" and len(shape.tree) == 0):
+            return [Draft(s.new_empty(0)) for s in sequences]
+        self._node_rows = [{} for _ in sequences]
+        root_logits = self._catch_up(sequences)  # [B, V_draft]
+        if shape.mode == "chain" or (shape.mode == "static" and shape.tree.is_chain):
+            depth = max_depth if shape.mode == "chain" else min(max_depth, len(shape.tree))
+            return self._propose_line(shape, sequences, depth, pipelines, generator, root_logits)
+        return self._propose_tree(shape, sequences, max_depth, pipelines, generator, root_logits)
 
-    def _propose(
-        self,
-        sequence: torch.Tensor,
-        max_depth: int,
-        pipeline: LogitsPipeline,
-        generator: torch.Generator | None,
-    ) -> Draft:
-        self._node_rows = {}
-        pending = sequence[0, self.runner.length :]  # [m] committed tokens the draft has not seen
-        root_logits = self.runner.extend(pending, num_logits=1)  # [1, V_draft]
-        if self.shape.mode == "chain" or (self.shape.mode == "static" and self.shape.tree.is_chain):
-            depth = max_depth if self.shape.mode == "chain" else min(max_depth, len(self.shape.tree))
-            return self._propose_line(sequence, depth, pipeline, generator, root_logits)
-        nodes: list[_Node] = []
-        contexts: dict[int, torch.Tensor] = {-1: sequence}  # node -> [1, N + depth] tokens up to it
-        expand = [(-1, root_logits)]  # nodes whose children are chosen at this depth, with logits
-        for depth in range(1, max_depth + 1):
-            created: list[int] = []
-            choices = []
-            for parent, logits in expand:
-                finite = torch.isfinite(logits).all()  # [] on the device, read with the choices below
-                scores = pipeline.scores(contexts[parent], self._target_vocab(logits))  # [1, V]
-                choices.append(self._choose(parent, nodes, scores, pipeline.do_sample, generator, finite))
-            # every parent's choice, log-probabilities and finiteness flag reach the host in one sync
-            values = torch.cat([choice.packed for choice in choices]).tolist()
-            offset = 0
-            for choice in choices:
-                size = choice.packed.shape[0]
-                children = self._children(choice, values[offset : offset + size], depth)
-                offset += size
-                for child in children:
-                    nodes.append(child)
-                    index = len(nodes) - 1
-                    created.append(index)
-                    contexts[index] = torch.cat(
-                        [contexts[parent], torch.tensor([[child.token]], device=sequence.device)], dim=1
-                    )
-            if depth == max_depth or not created:
-                break
-            to_feed = self._nodes_to_expand(nodes, created, depth)
-            if not to_feed:
-                break
-            logits = self._feed(nodes, to_feed, sequence.shape[1])  # [len(to_feed), V_draft]
-            expand = [(node, logits[i : i + 1]) for i, node in enumerate(to_feed)]
-        if self.shape.mode == "dynamic" and len(nodes) > self.shape.budget:
-            nodes = self._keep_best(nodes)
-        return self._draft(nodes, pipeline.do_sample, sequence.device)
+    def _catch_up(self, sequences: list[torch.Tensor]) -> torch.Tensor:
+        """Feed every row's committed tokens the draft has not seen; logits [B, V_draft] after them."""
+        lengths = self.runner.lengths
+        pending = [s[0, length:] for s, length in zip(sequences, lengths, strict=True)]  # [m_b] each
+        counts = [int(p.shape[0]) for p in pending]
+        if min(counts) == 0:
+            raise RuntimeError("every row needs a committed token the draft model has not seen")
+        width = max(counts)
+        block = torch.zeros(len(pending), width, dtype=torch.long, device=self.runner.device)  # [B, m]
+        for b, p in enumerate(pending):
+            block[b, : counts[b]] = p.to(block.device)
+        last = 1 if len(set(counts)) == 1 else torch.tensor(counts)[:, None] - 1  # [B, 1] rows
+        return self.runner.extend_rows(block, counts, None, None, last)[:, 0]
 
     def _propose_line(
         self,
-        sequence: torch.Tensor,
+        shape: TreeShape,
+        sequences: list[torch.Tensor],
         depth: int,
-        pipeline: LogitsPipeline,
+        pipelines: list[LogitsPipeline],
         generator: torch.Generator | None,
         logits: torch.Tensor,
-    ) -> Draft:
-        """A chain of `depth` tokens without reading the device: each token is fed back as a device
-        tensor, and whether every pass gave finite logits travels in `Draft.valid` (read by the
-        caller with its own values). logits: [1, V_draft] after the committed sequence."""
-        if depth <= 0:
-            return Draft(sequence.new_empty(0))
-        committed = sequence.shape[1]
-        sampled = pipeline.do_sample and not self.shape.deterministic
-        context = sequence  # [1, N + d]
+    ) -> list[Draft]:
+        """A chain of `depth` tokens per row without reading the device: each token is fed back as a
+        device tensor, and whether every pass gave finite logits travels in `Draft.valid` (read by
+        the caller with its own values). logits: [B, V_draft] after the committed sequences."""
+        batch = len(sequences)
+        sampled = pipelines[0].do_sample and not shape.deterministic
+        contexts = list(sequences) if any(p.processors for p in pipelines) else None  # [1, N_b + d]
         tokens, q_rows, finite = [], [], []
         for d in range(1, depth + 1):
             finite.append(torch.isfinite(logits).all())  # []
-            scores = pipeline.scores(context, self._target_vocab(logits))  # [1, V]
+            scores = pipelines_scores(pipelines, contexts, self._target_vocab(logits))  # [B, V]
             if sampled:
-                q = probabilities(scores)[0]  # [V]
+                q = probabilities(scores)  # [B, V]
                 # a non-finite q is reported through `valid`; draw from something valid meanwhile
-                token = sample(torch.where(torch.isfinite(q).all(), q, torch.ones_like(q)), generator).view(1)
+                usable = torch.isfinite(q).all(dim=-1, keepdim=True)  # [B, 1]
+                token = sample(torch.where(usable, q, torch.ones_like(q)), generator)  # [B]
                 q_rows.append(q)
             else:
-                token = torch.topk(torch.log_softmax(scores[0], dim=-1), 1).indices  # [1]
+                token = torch.topk(torch.log_softmax(scores, dim=-1), 1).indices[:, 0]  # [B]
             tokens.append(token)
-            context = torch.cat([context, token.view(1, 1).to(context.device)], dim=1)
+            if contexts is not None:
+                contexts = [
+                    torch.cat([c, token[b].view(1, 1).to(c.device)], dim=1) for b, c in enumerate(contexts)
+                ]
             if d < depth:
-                self._node_rows[d - 1] = self.runner.length
-                position = torch.tensor([committed - 1 + d], device=self.runner.device)
-                logits = self.runner.extend(token.to(self.runner.device), num_logits=1, positions=position)
+                for b, rows in enumerate(self._node_rows):
+                    rows[d - 1] = self.runner.lengths[b]
+                fed = token.view(batch, 1).to(self.runner.device)  # [B, 1]
+                logits = self.runner.extend_rows(fed, [1] * batch, None, None, 1)[:, 0]  # [B, V_draft]
         kind = NodeKind.SAMPLED if sampled else NodeKind.DETERMINISTIC
-        return Draft(
-            torch.cat(tokens).to(sequence.device),  # [depth]
-            torch.stack(q_rows) if sampled else None,  # [depth, V]
-            kinds=torch.full((depth,), int(kind), dtype=torch.long),
-            valid=torch.stack(finite).all(),
-        )
+        kinds = torch.full((depth,), int(kind), dtype=torch.long)
+        drafted = torch.stack(tokens, dim=1)  # [B, depth]
+        q = torch.stack(q_rows, dim=1) if sampled else None  # [B, depth, V]
+        valid = torch.stack(finite).all()
+        return [
+            Draft(drafted[b].to(s.device), None if q is None else q[b], kinds=kinds, valid=valid)
+            for b, s in enumerate(sequences)
+        ]
+
+    def _propose_tree(
+        self,
+        shape: TreeShape,
+        sequences: list[torch.Tensor],
+        max_depth: int,
+        pipelines: list[LogitsPipeline],
+        generator: torch.Generator | None,
+        root_logits: torch.Tensor,
+    ) -> list[Draft]:
+        """Static or dynamic trees, level by level: one host read and one draft pass per level for
+        all rows. root_logits: [B, V_draft]."""
+        batch = len(sequences)
+        do_sample = pipelines[0].do_sample
+        with_context = any(p.processors for p in pipelines)
+        nodes: list[list[_Node]] = [[] for _ in range(batch)]
+        contexts = [{-1: s} for s in sequences]  # per row: node -> [1, N_b + depth] tokens up to it
+        expand = [[(-1, root_logits[b : b + 1])] for b in range(batch)]  # per row: (parent, [1, V])
+        committed = [int(s.shape[1]) for s in sequences]
+        for depth in range(1, max_depth + 1):
+            choices: list[list[_Choice]] = []
+            for b in range(batch):
+                row_choices = []
+                for parent, logits in expand[b]:
+                    finite = torch.isfinite(logits).all()  # [] read with the choices below
+                    context = contexts[b][parent] if with_context else None
+                    scores = (
+                        pipelines[b].scores(context, self._target_vocab(logits))
+                        if with_context
+                        else (self._target_vocab(logits).float())
+                    )  # [1, V]
+                    row_choices.append(
+                        self._choose(shape, parent, nodes[b], scores, do_sample, generator, finite)
+                    )
+                choices.append(row_choices)
+            # every row's and parent's choice, log-probabilities and finiteness flag: one host read
+            packed = [c.packed for row in choices for c in row]
+            values = torch.cat(packed).tolist() if packed else []
+            offset = 0
+            created: list[list[int]] = [[] for _ in range(batch)]
+            for b in range(batch):
+                for choice in choices[b]:
+                    size = choice.packed.shape[0]
+                    children = self._children(choice, values[offset : offset + size], depth)
+                    offset += size
+                    for child in children:
+                        nodes[b].append(child)
+                        created[b].append(len(nodes[b]) - 1)
+                        if with_context:
+                            token = torch.tensor([[child.token]], device=sequences[b].device)
+                            contexts[b][len(nodes[b]) - 1] = torch.cat(
+                                [contexts[b][choice.parent], token], dim=1
+                            )
+            if depth == max_depth or not any(created):
+                break
+            to_feed = [self._nodes_to_expand(shape, nodes[b], created[b]) for b in range(batch)]
+            if not any(to_feed):
+                break
+            logits = self._feed(nodes, to_feed, committed, depth)  # [B, n, V_draft]
+            expand = [
+                [(node, logits[b, j : j + 1]) for j, node in enumerate(to_feed[b])] for b in range(batch)
+            ]
+        drafts = []
+        for b in range(batch):
+            row_nodes = nodes[b]
+            if shape.mode == "dynamic" and len(row_nodes) > shape.budget:
+                row_nodes = self._keep_best(b, row_nodes, shape.budget)
+            drafts.append(self._draft(row_nodes, do_sample, sequences[b].device))
+        return drafts
 
     def _target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, : self.target_vocab_size].to(self.target_device)
 
     def _choose(
         self,
+        shape: TreeShape,
         parent: int,
         nodes: list[_Node],
         scores: torch.Tensor,
@@ -237,21 +285,21 @@ class ModelDrafter:
     ) -> _Choice:
         """Tokens proposed below `parent` from its processed draft scores ([1, V]), still on the
         device; `finite` ([] bool) says whether the draft's logits were finite."""
-        mode = self.shape.mode  # "static" or "dynamic" (chains are drafted by `_propose_line`)
+        mode = shape.mode  # "static" or "dynamic" (chains are drafted by `_propose_line`)
         parent_lp = nodes[parent].log_prob if parent >= 0 else 0.0
         if mode == "static":
             template = nodes[parent].template if parent >= 0 else -1
-            template_kids = self.shape.tree.children_of(template)
+            template_kids = shape.tree.children_of(template)
             count = len(template_kids)
         else:
-            count, template_kids = self.shape.branch, None
+            count, template_kids = shape.branch, None
         if count == 0:
             packed = torch.stack([finite.double(), finite.new_zeros((), dtype=torch.double)])  # [2]
             return _Choice(parent, parent_lp, 0, NodeKind.DETERMINISTIC, None, None, packed)
         log_q = torch.log_softmax(scores[0], dim=-1)  # [V]
         count = min(count, log_q.shape[0])
         allowed = torch.isfinite(log_q).sum()  # []
-        if do_sample and mode != "dynamic" and not self.shape.deterministic:
+        if do_sample and mode != "dynamic" and not shape.deterministic:
             # `count` draws without replacement from q (the first `allowed` kept)
             tokens = sample_without_replacement(log_q, count, generator)  # [count]
             kind, q_row = NodeKind.SAMPLED_WITHOUT_REPLACEMENT, probabilities(scores)[0]  # q: [V]
@@ -280,33 +328,48 @@ class ModelDrafter:
             for rank in range(kept)
         ]
 
-    def _nodes_to_expand(self, nodes: list[_Node], created: list[int], depth: int) -> list[int]:
+    @staticmethod
+    def _nodes_to_expand(shape: TreeShape, nodes: list[_Node], created: list[int]) -> list[int]:
         """Nodes of this depth whose children the next depth proposes."""
-        if self.shape.mode == "static":
-            return [i for i in created if self.shape.tree.children_of(nodes[i].template)]
+        if shape.mode == "static":
+            return [i for i in created if shape.tree.children_of(nodes[i].template)]
         best = sorted(created, key=lambda i: (-nodes[i].log_prob, i))
-        return sorted(best[: self.shape.beam])
+        return sorted(best[: shape.beam])
 
-    def _feed(self, nodes: list[_Node], to_feed: list[int], committed: int) -> torch.Tensor:
-        """Run the draft on `to_feed` nodes (all of one depth) with ancestor-only attention."""
-        start = self.runner.length
-        fed_rows = dict(self._node_rows)
-        tokens = torch.tensor([nodes[n].token for n in to_feed], device=self.runner.device)
-        positions = torch.tensor([committed - 1 + nodes[n].depth for n in to_feed], device=self.runner.device)
-        if len(to_feed) == 1 and set(fed_rows) == set(self._ancestors(nodes, to_feed[0])):
-            # a line (a tree that is one node wide so far): everything cached is visible, the runner's
-            # plain causal pass
-            # (no mask to build; a fixed-shape pass a CUDA graph can replay)
-            self._node_rows[to_feed[0]] = start
-            return self.runner.extend(tokens, num_logits=1, positions=positions)
-        width = start + len(to_feed)
-        mask = torch.zeros(len(to_feed), width, dtype=torch.bool)
-        mask[:, :committed] = True
-        for i, node in enumerate(to_feed):
-            mask[i, start + i] = True
-            mask[i, [fed_rows[a] for a in self._ancestors(nodes, node)]] = True
-            self._node_rows[node] = start + i
-        return self.runner.extend(tokens, num_logits=len(to_feed), positions=positions, attention=mask)
+    def _feed(
+        self, nodes: list[list[_Node]], to_feed: list[list[int]], committed: list[int], depth: int
+    ) -> torch.Tensor:
+        """Run the draft on every row's `to_feed` nodes (all of one depth) with ancestor-only
+        attention; returns [B, n, V_draft], n the most nodes a row feeds (padding past a row's own)."""
+        batch, n = len(to_feed), max(len(f) for f in to_feed)
+        starts = list(self.runner.lengths)
+        tokens = torch.zeros(batch, n, dtype=torch.long)  # [B, n]
+        for b, feed in enumerate(to_feed):
+            tokens[b, : len(feed)] = torch.tensor([nodes[b][i].token for i in feed], dtype=torch.long)
+        positions = (torch.tensor(committed) - 1 + depth)[:, None].expand(batch, n)  # [B, n]
+        ancestors = [[self._ancestors(nodes[b], node) for node in feed] for b, feed in enumerate(to_feed)]
+        device = self.runner.device
+        if n == 1 and all(
+            len(feed) == 1 and set(self._node_rows[b]) == set(ancestors[b][0])
+            for b, feed in enumerate(to_feed)
+        ):
+            # a line in every row (one node wide so far): everything cached is visible, the runner's
+            # plain causal pass (no mask to build; a fixed-shape pass a CUDA graph can replay)
+            for b, feed in enumerate(to_feed):
+                self._node_rows[b][feed[0]] = starts[b]
+            return self.runner.extend_rows(tokens.to(device), [1] * batch, positions.to(device), None, 1)
+        width = max(starts) + n
+        mask = torch.zeros(batch, n, width, dtype=torch.bool)  # [B, n, W] over absolute cache columns
+        for b, feed in enumerate(to_feed):
+            mask[b, :, : committed[b]] = True
+            for j in range(n):
+                mask[b, j, starts[b] + j] = True  # every node (and padding) sees itself
+            for j, node in enumerate(feed):
+                mask[b, j, [self._node_rows[b][a] for a in ancestors[b][j]]] = True
+                self._node_rows[b][node] = starts[b] + j
+            mask[b, len(feed) :, : committed[b]] = False  # padding sees only itself
+        counts = [len(feed) for feed in to_feed]
+        return self.runner.extend_rows(tokens.to(device), counts, positions.to(device), mask, n)
 
     @staticmethod
     def _ancestors(nodes: list[_Node], node: int) -> list[int]:
@@ -318,13 +381,13 @@ class ModelDrafter:
             parent = nodes[parent].parent
         return ancestors
 
-    def _keep_best(self, nodes: list[_Node]) -> list[_Node]:
-        """The `budget` nodes of highest cumulative log-probability (ancestor-closed: a child never
+    def _keep_best(self, b: int, nodes: list[_Node], budget: int) -> list[_Node]:
+        """Row b's `budget` nodes of highest cumulative log-probability (ancestor-closed: a child never
         scores above its parent, and ties go to the earlier, shallower node)."""
-        ranked = sorted(range(len(nodes)), key=lambda i: (-nodes[i].log_prob, i))[: self.shape.budget]
+        ranked = sorted(range(len(nodes)), key=lambda i: (-nodes[i].log_prob, i))[:budget]
         kept = sorted(ranked)
         new_index = {old: new for new, old in enumerate(kept)}
-        self._node_rows = {new_index[o]: row for o, row in self._node_rows.items() if o in new_index}
+        self._node_rows[b] = {new_index[o]: row for o, row in self._node_rows[b].items() if o in new_index}
         result = []
         for old in kept:
             node = nodes[old]
@@ -344,15 +407,22 @@ class ModelDrafter:
         return Draft(tokens, q, tree, kinds)
 
     # ------------------------------------------------------------------ observe
-    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
-        """Keep the committed rows and the fed rows of the accepted path; drop every other node."""
-        if self.runner.length <= committed_length:
+    def observe(self, committed_lengths: list[int], paths: list[tuple[int, ...]]) -> None:
+        """Per row keep the committed rows and the fed rows of the accepted path; drop every other
+        node."""
+        lengths = self.runner.lengths
+        if all(held <= c for held, c in zip(lengths, committed_lengths, strict=True)):
+            self._node_rows = [{} for _ in lengths]
             return
-        rows = []
-        for node in path:
-            row = self._node_rows.get(node)
-            if row is None:
-                break
-            rows.append(row)
-        self.runner.compact(committed_length, rows)
-        self._node_rows = {}
+        starts, kept = [], []
+        for b, (held, committed, path) in enumerate(zip(lengths, committed_lengths, paths, strict=True)):
+            rows = []
+            for node in path:
+                row = self._node_rows[b].get(node)
+                if row is None:
+                    break
+                rows.append(row)
+            starts.append(min(committed, held))
+            kept.append(rows if held > committed else [])
+        self.runner.compact_rows(starts, kept)
+        self._node_rows = [{} for _ in lengths]

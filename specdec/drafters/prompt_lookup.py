@@ -57,33 +57,41 @@ class PromptLookupDrafter:
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
-        self.history = HostHistory()  # the search runs on host ids: no device read per step
+        self.histories = [HostHistory()]  # per row: the search runs on host ids, no device read
 
-    def begin(self) -> None:
-        self.history.reset()
+    def begin(self, batch_size: int = 1) -> None:
+        self.histories = [HostHistory() for _ in range(batch_size)]
 
-    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
+    def keep(self, rows: list[int]) -> None:
+        self.histories = [self.histories[b] for b in rows]
+
+    def free_candidates(self, sequences: list[torch.Tensor], do_sample: bool) -> list[list[float]]:
         """Its copies are the draft itself, not free extras beside a model's draft."""
-        return []
+        return [[] for _ in sequences]
 
     def propose(
         self,
-        sequence: torch.Tensor,
+        sequences: list[torch.Tensor],
         max_depth: int,
-        pipeline: LogitsPipeline,
+        pipelines: list[LogitsPipeline],
         generator: torch.Generator | None,
         tree: Tree | None = None,
-    ) -> Draft:
-        """The longest n-gram copy (a chain; `tree` is not used: a copy has one continuation)."""
-        ids = self.history.view(sequence)  # [N] host
-        copy = find_continuation(ids, max_depth, self.max_ngram, self.min_ngram)  # [<= max_depth]
-        return Draft(copy.to(sequence.device), None)
+    ) -> list[Draft]:
+        """Per row the longest n-gram copy (a chain; `tree` is not used: a copy has one
+        continuation)."""
+        drafts = []
+        for history, sequence in zip(self.histories, sequences, strict=True):
+            ids = history.view(sequence)  # [N] host
+            copy = find_continuation(ids, max_depth, self.max_ngram, self.min_ngram)  # [<= max_depth]
+            drafts.append(Draft(copy.to(sequence.device), None))
+        return drafts
 
-    def committed(self, token_ids: list[int]) -> None:
-        """The tokens the step committed (host ids, from the engine's sync)."""
-        self.history.extend(token_ids)
+    def committed(self, token_ids: list[list[int]]) -> None:
+        """The tokens the step committed in each row (host ids, from the engine's sync)."""
+        for history, ids in zip(self.histories, token_ids, strict=True):
+            history.extend(ids)
 
-    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+    def observe(self, committed_lengths: list[int], paths: list[tuple[int, ...]]) -> None:
         """Nothing to keep: the committed tokens arrive through `committed`."""
 
 
@@ -94,17 +102,20 @@ class NoDrafter:
     uses_model = False
     context_length = None
 
-    def begin(self) -> None:
+    def begin(self, batch_size: int = 1) -> None:
         """Stateless."""
 
-    def free_candidates(self, sequence: torch.Tensor, do_sample: bool) -> list[float]:
-        return []
-
-    def propose(self, sequence, max_depth, pipeline, generator, tree=None) -> Draft:
-        return Draft(sequence.new_empty(0))
-
-    def observe(self, committed_length: int, path: tuple[int, ...]) -> None:
+    def keep(self, rows: list[int]) -> None:
         """Stateless."""
 
-    def committed(self, token_ids: list[int]) -> None:
+    def free_candidates(self, sequences: list[torch.Tensor], do_sample: bool) -> list[list[float]]:
+        return [[] for _ in sequences]
+
+    def propose(self, sequences, max_depth, pipelines, generator, tree=None) -> list[Draft]:
+        return [Draft(s.new_empty(0)) for s in sequences]
+
+    def observe(self, committed_lengths: list[int], paths: list[tuple[int, ...]]) -> None:
+        """Stateless."""
+
+    def committed(self, token_ids: list[list[int]]) -> None:
         """Stateless."""

@@ -158,10 +158,11 @@ class LlamaRunner:
         return self.lengths[0]
 
     def reset(self, batch_size: int = 1) -> None:
-        """Forget every row; the next passes run `batch_size` rows (the cache is reused when it fits)."""
+        """Forget every row; the next passes run `batch_size` rows (the cache is reused when it holds
+        at least that many rows: rows [0, batch_size) of it are used)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if self._keys and self._keys[0].shape[0] != batch_size:
+        if self._keys and self._keys[0].shape[0] < batch_size:  # a larger cache serves fewer rows
             self._keys, self._values = [], []
             self._passes.clear()  # captured graphs point at the old cache
         self.batch_size = batch_size
