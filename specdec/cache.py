@@ -51,6 +51,43 @@ def compact_rows(tensors: list[torch.Tensor], start: int, rows: list[int], held:
         tensor[:, :, start : start + len(rows)] = tensor.index_select(2, index)
 
 
+def move_positions(
+    tensors: list[torch.Tensor], batch_rows: list[int], sources: list[list[int]], targets: list[list[int]]
+) -> None:
+    """In each [B, H, L, D] tensor and for each batch row batch_rows[i], copy positions sources[i] onto
+    targets[i] (lists of one length, in [0, L); a target may repeat only with the same source). Every
+    source is read before any target is written, so ranges may overlap. No recomputation."""
+    if not tensors or not batch_rows:
+        return
+    if len(batch_rows) == 1 and targets[0] == list(range(targets[0][0], targets[0][0] + len(targets[0]))):
+        # one row onto consecutive positions (a one-row compaction): a gather and a slice write
+        b, start, width = batch_rows[0], targets[0][0], len(targets[0])
+        index: dict[torch.device, torch.Tensor] = {}
+        for tensor in tensors:
+            if tensor.device not in index:
+                index[tensor.device] = torch.tensor(sources[0], device=tensor.device)
+            row = tensor if tensor.shape[0] == 1 else tensor[b : b + 1]  # [1, H, L, D]
+            row[:, :, start : start + width] = row.index_select(2, index[tensor.device])
+        return
+    indices: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.device not in indices:
+            device = tensor.device
+            indices[device] = (
+                torch.tensor(batch_rows, device=device)[:, None],  # [M, 1]
+                torch.tensor(sources, device=device),  # [M, w]
+                torch.tensor(targets, device=device),  # [M, w]
+            )
+        rows, source, target = indices[tensor.device]
+        tensor[rows, :, target] = tensor[rows, :, source]  # [M, w, H, D]
+
+
+def select_batch(cache: DynamicCache, indices: list[int]) -> None:
+    """Keep only the batch rows `indices` of every layer (the cache must hold at least one position:
+    an empty cache is replaced, not selected)."""
+    cache.batch_select_indices(torch.tensor(indices, dtype=torch.long))
+
+
 def compact_cache(cache: DynamicCache, start: int, rows: list[int]) -> None:
     """Keep positions [0, start) and then `rows`, moved to start, start + 1, ...; drop the rest."""
     compact_rows(cache_tensors(cache), start, rows, cache_length(cache))

@@ -88,26 +88,34 @@ def build_masks(
     plan: MaskPlan,
     allowed: torch.Tensor,
     query_positions: torch.Tensor,
-    key_positions: torch.Tensor,
+    key_positions: torch.Tensor | None,
     dtype: torch.dtype,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The attention_mask argument for one pass.
+    """The attention_mask argument for one pass over B rows.
 
-    allowed: [n, L] bool, which of the L cached + new slots each new token may see (tree structure).
-    query_positions: [n] and key_positions: [L] position ids. Returns [1, 1, n, L] (bool, or `dtype`
-    with 0 / dtype minimum) or a dict of them keyed by layer type.
+    allowed: [B, n, L] bool, which of the L cache slots (cached, then the n new ones) each new token of
+    each row may see (tree structure, valid slots). query_positions: [B, n] and key_positions: [B, L]
+    position ids; key_positions may be None when no layer is windowed. One row may also come without
+    its batch dimension ([n, L], [n], [L]). Returns [B, 1, n, L] (bool, or `dtype` with 0 / dtype
+    minimum) or a dict of them keyed by layer type.
     """
+    if allowed.dim() == 2:  # one row: [n, L]
+        allowed, query_positions = allowed[None], query_positions[None]
+        key_positions = None if key_positions is None else key_positions[None]
     masks: dict[str, torch.Tensor] = {}
     for layer_type, window in plan.windows.items():
         visible = allowed
         if window is not None:
-            visible = visible & (query_positions[:, None] - key_positions[None, :] < window)  # [n, L]
+            if key_positions is None:
+                raise ValueError(f"{layer_type} layers have a window of {window}: key positions are needed")
+            distance = query_positions[:, :, None] - key_positions[:, None, :]  # [B, n, L]
+            visible = visible & (distance < window)
         if plan.form == "additive":
             additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
             mask = additive.masked_fill(~visible, torch.finfo(dtype).min)
         else:
             mask = visible
-        masks[layer_type] = mask[None, None]  # [1, 1, n, L]
+        masks[layer_type] = mask[:, None]  # [B, 1, n, L]
     if plan.per_layer_type:
         return masks
     return next(iter(masks.values()))
