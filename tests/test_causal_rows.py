@@ -138,6 +138,8 @@ def run_script(model, batch, seed: int = 0) -> Script:
 
 @pytest.mark.parametrize("family, attention", CASES, ids=["-".join(c) for c in CASES])
 def test_ragged_rows_match_one_row_runners(family, attention):
+    """Three rows of different lengths through `run_script`: each step's logits equal one-row runners'
+    for every row, and the rows' caches end exact against a plain forward over each row's tokens."""
     model = build(family, attention)
     script = run_script(model, CausalRunner(model))
     # and every row is exact: one more token per row equals a plain forward over the row's history
