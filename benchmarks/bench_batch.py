@@ -58,7 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,4,16")
-    parser.add_argument("--methods", default="target,specdec-none,chain,chain-k4,tree,prompt-lookup")
+    parser.add_argument(
+        "--methods",
+        default="target,specdec-none,chain,chain-k4,tree,prompt-lookup,dynamic-tree,hybrid,auto",
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -78,6 +81,9 @@ def main(argv=None) -> int:
         "chain-k4": specdec.wrap(target, draft, strategy="chain", num_draft_tokens=4),
         "tree": specdec.wrap(target, draft, strategy="tree", tree=(2, 2, 1)),
         "prompt-lookup": specdec.wrap(target, None, strategy="prompt-lookup"),
+        "dynamic-tree": specdec.wrap(target, draft, strategy="dynamic-tree"),
+        "hybrid": specdec.wrap(target, draft, strategy="hybrid"),
+        "auto": specdec.wrap(target, draft, strategy="auto"),
     }
 
     def method_for(name):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from specdec.costs import CostProfile
+from specdec.costs import PROBE_EVERY, CostProfile
 from specdec.shaping import DraftPlan
 from specdec.tree import Tree
 
@@ -20,10 +20,6 @@ def expected_tokens(alpha: float, k: int) -> float:
     if alpha >= 1.0:
         return float(k + 1)
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-
-
-#: With min_k = 0, after this many steps without a draft one step drafts k = 1 to re-measure alpha.
-PROBE_EVERY = 16
 
 
 class DraftLengthController:

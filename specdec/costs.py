@@ -5,6 +5,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+#: Planners that chose not to draft for this many steps draft once to re-measure acceptance (and a
+#: chain planner that may choose k = 0 re-measures a plain step as often while drafting).
+PROBE_EVERY = 16
+
 #: Weight of a new measurement in the running (decayed) means of `CostProfile.observe`.
 NEW_WEIGHT = 0.3
 

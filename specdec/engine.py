@@ -184,6 +184,7 @@ class SpeculativeEngine:
                 planned=d.planned,
             )
         self._steps += 1
+        self.stats.batched_passes += 1
         results = []
         for row, ids, a, s, x in zip(rows, token_ids, accepted, scores, logits, strict=True):
             picked = torch.tensor([0] + [node + 1 for node in a.path], device=s.device)  # [n + 1]

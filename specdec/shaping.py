@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from specdec.costs import CostProfile
+from specdec.costs import PROBE_EVERY, CostProfile
 from specdec.tree import Tree
 
 
@@ -125,7 +125,6 @@ class AutoShapeController:
 
     SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # 0: no speculation this step
     EXPLORE = (4, 16)  # tree sizes measured first, so the cost model has two points
-    PROBE_EVERY = 8  # after this many steps without drafting, draft once to re-measure acceptance
 
     def __init__(
         self,
@@ -179,7 +178,7 @@ class AutoShapeController:
         best = Tree.from_parents(parents[:best_size])
         if len(best) == 0:
             self._idle_steps += 1
-            if self._idle_steps % self.PROBE_EVERY:
+            if self._idle_steps % PROBE_EVERY:
                 return DraftPlan(copy_length, best) if copy_length else DraftPlan(0)
             best, _ = best_tree(p, 2, self.max_depth)
         else:

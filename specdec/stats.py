@@ -17,7 +17,10 @@ class GenerationStats:
 
     #: The runner that ran the target: "specdec" / "compiled" (specdec's own forward) or "transformers".
     runtime: str = ""
+    #: Steps per row, summed over the rows (one per step for one prompt): tau's denominator.
     target_passes: int = 0
+    #: Target forward passes: one per step, whatever the number of rows it verified.
+    batched_passes: int = 0
     #: Target passes that verified a branching tree (more draft nodes than levels), not a chain.
     tree_passes: int = 0
     new_tokens: int = 0

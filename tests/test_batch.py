@@ -5,8 +5,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 import specdec
-from specdec.adaptive import PROBE_EVERY, DraftLengthController
-from specdec.costs import CostProfile
+from specdec.adaptive import DraftLengthController
+from specdec.costs import PROBE_EVERY, CostProfile
 from specdec.models.llama_runner import LlamaRunner
 from specdec.tree import Tree
 from tests.test_generate_sampling import V, chi_square_pvalue, exact_joint
