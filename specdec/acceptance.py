@@ -56,31 +56,10 @@ def greedy_chain_outcome(draft_tokens: torch.Tensor, target_scores: torch.Tensor
     return torch.stack([n, target_choice[n]])
 
 
-def accept_greedy_chain(draft_tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
-    """Greedy rule: the longest prefix equal to the target's argmax, plus the target's next token.
-
-    draft_tokens: [k]; target_scores: [k + 1, V] processed target scores at each drafted position.
-    """
-    n, next_token = greedy_chain_outcome(draft_tokens, target_scores).tolist()
-    return Accepted(tuple(range(n)), next_token)
-
-
 def acceptance_probability(p_token: torch.Tensor, q_token: torch.Tensor) -> torch.Tensor:
     """min(1, p(x) / q(x)) elementwise; 0 where p(x) == 0 (q(x) > 0 whenever x was drawn from q)."""
     ratio = p_token / q_token.clamp_min(torch.finfo(q_token.dtype).tiny)
     return ratio.clamp(max=1.0)
-
-
-def next_token_distribution(p: torch.Tensor, q: torch.Tensor, num_accepted: int) -> torch.Tensor:
-    """Distribution of the token appended after `num_accepted` drafts were kept.
-
-    p: [k + 1, V]; q: [k, V]. The residual norm(max(p_n - q_n, 0)) after a rejection at n < k, or the
-    bonus distribution p_k when all k were accepted -> [V].
-    """
-    k = q.shape[0]
-    if num_accepted < k:
-        return residual(p[num_accepted], q[num_accepted])
-    return p[k]
 
 
 def one_hot_draft_probabilities(
@@ -90,12 +69,12 @@ def one_hot_draft_probabilities(
     return torch.nn.functional.one_hot(draft_tokens, vocab_size).to(dtype)
 
 
-def accept_stochastic_chain(
+def stochastic_chain_outcome(
     draft_tokens: torch.Tensor,
     p: torch.Tensor,
     q: torch.Tensor | None,
     generator: torch.Generator | None = None,
-) -> Accepted:
+) -> torch.Tensor:
     """Exact speculative sampling (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023).
 
     draft_tokens: [k] with x_i ~ q_i; p: [k + 1, V] target probabilities; q: [k, V] draft
@@ -105,21 +84,10 @@ def accept_stochastic_chain(
     2. after a rejection at position n, draw the correction token from norm(max(p_n - q_n, 0));
     3. if all k were accepted, draw the bonus token from p_k.
     Each committed token is then distributed exactly as p given the tokens before it.
-    """
-    n, token = stochastic_chain_outcome(draft_tokens, p, q, generator).tolist()
-    return Accepted(tuple(range(n)), token)
 
-
-def stochastic_chain_outcome(
-    draft_tokens: torch.Tensor,
-    p: torch.Tensor,
-    q: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """`accept_stochastic_chain` without leaving the device: [2] long (n accepted, appended token).
-
-    The appended token's distribution is picked on the device (the residual at n, or p_k when n = k),
-    so the whole rule costs the host nothing until its caller reads the result.
+    Returns [2] long (n accepted, appended token) without leaving the device: the appended token's
+    distribution is picked on the device (the residual at n, or p_k when n = k), so the whole rule
+    costs the host nothing until its caller reads the result.
     """
     k = draft_tokens.shape[0]
     device = p.device
@@ -143,15 +111,6 @@ def stochastic_chain_outcome(
     return torch.stack([n, token.to(n.dtype)])
 
 
-def accept_greedy_tree(tree: Tree, tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:
-    """Greedy rule on a tree: from the root, follow the child whose token is the target's argmax.
-
-    tokens: [T] node tokens; target_scores: [T + 1, V], row 0 at the root, row i + 1 at node i.
-    Returns the longest such path and the target's argmax after its last node (one host sync).
-    """
-    return greedy_tree_outcome(tree, greedy_tree_values(tokens, target_scores).tolist())
-
-
 def greedy_tree_values(tokens: torch.Tensor, target_scores: torch.Tensor) -> torch.Tensor:
     """What the greedy tree rule reads, still on the device: [2T + 1] long, the target's argmax at
     the root and after each node ([T + 1]), then the node tokens ([T])."""
@@ -173,14 +132,15 @@ def greedy_tree_outcome(tree: Tree, values: list[int]) -> Accepted:
         node = child
 
 
-def accept_stochastic_tree(
+def stochastic_tree_outcome(
     tree: Tree,
     tokens: torch.Tensor,
     p: torch.Tensor,
     q: torch.Tensor | None,
     kinds: torch.Tensor | None,
     generator: torch.Generator | None = None,
-) -> Accepted:
+    parallel: bool | None = None,
+) -> torch.Tensor:
     """Exact multi-candidate recursive rejection sampling over a token tree.
 
     tokens: [T]; p: [T + 1, V] target probabilities (row 0 at the root, row i + 1 at node i);
@@ -206,24 +166,10 @@ def accept_stochastic_tree(
     the whole committed sequence is distributed as the target's.
 
     One uniform is drawn per node up front, so a chain-shaped tree consumes randomness exactly like
-    `accept_stochastic_chain` and gives the same result for the same generator.
-    """
-    values = stochastic_tree_outcome(tree, tokens, p, q, kinds, generator).tolist()
-    return stochastic_tree_result(values)
+    `stochastic_chain_outcome` and gives the same result for the same generator.
 
-
-def stochastic_tree_outcome(
-    tree: Tree,
-    tokens: torch.Tensor,
-    p: torch.Tensor,
-    q: torch.Tensor | None,
-    kinds: torch.Tensor | None,
-    generator: torch.Generator | None = None,
-    parallel: bool | None = None,
-) -> torch.Tensor:
-    """`accept_stochastic_tree`'s outcome as a tensor on p's device: [depth + 1] long, the accepted
-    path's nodes root first (-1 after its end), then the appended token (`stochastic_tree_result`
-    reads it).
+    Returns a tensor on p's device: [depth + 1] long, the accepted path's nodes root first (-1 after
+    its end), then the appended token (`stochastic_tree_result` reads it).
 
     parallel (default: off on CPU, on elsewhere) evaluates the rule without leaving the device:
     a node's target distribution does not depend on how the walk reached it, so each parent's
@@ -341,7 +287,7 @@ def walk_tree(
     kinds: torch.Tensor | None,
     coin: Callable[[int, float], bool],
 ) -> tuple[tuple[int, ...], torch.Tensor]:
-    """The deterministic part of `accept_stochastic_tree`, node by node on the host: returns (accepted
+    """The deterministic part of `stochastic_tree_outcome`, node by node on the host: returns (accepted
     path, distribution [V] of the appended token). `coin(node, a)` decides whether `node` is accepted,
     which must happen with probability a. This is the rule's reference form: the tests enumerate both
     outcomes of every coin to compute its exact output distribution, and replay each outcome through

@@ -246,14 +246,3 @@ def _mean_reach(per_row: list[list[float]]) -> list[float]:
         return per_row[0]
     longest = max((len(r) for r in per_row), default=0)
     return [sum(r[j] for r in per_row if len(r) > j) / len(per_row) for j in range(longest)]
-
-
-def accept_draft(
-    draft: Draft, scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None
-) -> Accepted:
-    """The acceptance rule for one draft: greedy or exact stochastic, chain or tree (one host read).
-
-    scores: [T + 1, V] processed target scores (row 0 at the root, row i + 1 after node i).
-    """
-    values = outcome_values(draft.tree, draft.tokens, draft.q, draft.kinds, scores, do_sample, generator)
-    return outcome_from_values(draft.tree, draft.kinds, values.tolist(), do_sample)

@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from specdec.acceptance import (
-    accept_greedy_chain,
-    accept_stochastic_chain,
     acceptance_probability,
-    next_token_distribution,
     one_hot_draft_probabilities,
 )
+from tests.acceptance_helpers import accept_greedy_chain, accept_stochastic_chain, next_token_distribution
 
 V = 3  # vocabulary of the enumeration
 K = 2  # draft length of the enumeration

@@ -390,9 +390,10 @@ def test_every_strategy_runs_batches(target, small_draft, strategy, kwargs, runt
         assert spec.stats.drafted_tokens > 0
 
 
-@pytest.mark.parametrize("strategy", ["dynamic-tree", "auto"])
+@pytest.mark.parametrize("strategy", ["dynamic-tree", "hybrid", "auto"])
 def test_sampled_rows_of_adaptive_strategies_follow_the_target(strategy):
-    """Per-row chi-square of the first two sampled tokens for per-row dynamic trees and auto's plans."""
+    """Per-row chi-square of the first two sampled tokens for per-row dynamic trees, hybrid trees
+    (chosen nodes merged with each row's n-gram copies) and auto's plans."""
     target = tiny_llama(vocab=V, seed=0, init=0.1)
     draft = tiny_llama(vocab=V, hidden=32, layers=1, heads=2, kv_heads=1, seed=5, init=0.1)
     sample_kwargs = dict(do_sample=True, temperature=0.9, top_k=6, eos_token_id=None)

@@ -34,13 +34,12 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from specdec import acceptance
 from specdec.acceptance import (
     NodeKind,
-    accept_stochastic_chain,
-    accept_stochastic_tree,
     stochastic_tree_outcome,
     stochastic_tree_result,
     walk_tree,
 )
 from specdec.tree import Tree
+from tests.acceptance_helpers import accept_stochastic_chain, accept_stochastic_tree
 
 TOL = 1e-9
 EPS = 1e-9  # relative margin that places a scripted uniform inside a branch

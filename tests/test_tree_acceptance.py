@@ -9,14 +9,12 @@ from hypothesis import strategies as st
 
 from specdec.acceptance import (
     NodeKind,
-    accept_greedy_tree,
-    accept_stochastic_chain,
-    accept_stochastic_tree,
     stochastic_tree_outcome,
     stochastic_tree_result,
     walk_tree,
 )
 from specdec.tree import Tree
+from tests.acceptance_helpers import accept_greedy_tree, accept_stochastic_chain, accept_stochastic_tree
 from tests.test_acceptance import target_distribution
 
 V = 3

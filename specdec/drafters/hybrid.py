@@ -24,6 +24,7 @@ from specdec.tree import Tree
 
 MODEL, NGRAM = "draft-model", "prompt-lookup"
 DECAY = 0.9  # weight of the past in the per-source and copy acceptance statistics (per step)
+GAIN_DECAY = 0.8  # weight of the past in the mean n-gram-only accepted run (per row and step)
 
 
 class HybridDrafter:
@@ -212,7 +213,7 @@ class HybridDrafter:
             if NGRAM not in row.sources[node]:
                 break
             ngram_run += 1
-        self._ngram_gain = 0.8 * self._ngram_gain + 0.2 * ngram_run
+        self._ngram_gain = GAIN_DECAY * self._ngram_gain + (1 - GAIN_DECAY) * ngram_run
         if row.copy_length:  # the copy's tokens judged: those accepted and the first rejected one
             accepted = min(ngram_run, row.copy_length)
             judged = accepted + (1 if accepted < row.copy_length else 0)
