@@ -43,7 +43,7 @@ L2_BYTES = 50 * 2**20  # H100: 50 MiB; the input copies together exceed 2x this
 
 def tree_for(t: int):
     """A T-node tree: the first T nodes of a (4, 4, 4) branching tree (ancestor-closed)."""
-    from specdec.tree import Tree
+    from specdec.core.tree import Tree
 
     return Tree.from_parents(Tree.from_branching((4, 4, 4, 4)).parents[:t])
 

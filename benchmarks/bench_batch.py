@@ -17,7 +17,7 @@ import time
 import torch
 
 import specdec
-from specdec.models.embedded import heldout_code_prompts, load_embedded_pair
+from specdec.embedded.pair import heldout_code_prompts, load_embedded_pair
 
 
 def left_pad(prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

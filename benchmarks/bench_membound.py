@@ -33,10 +33,16 @@ import torch
 from torch import nn
 
 import specdec
-from specdec.bench import RunResult, baseline_methods, distinct_ngram_ratio, markdown_table, strategy_methods
-from specdec.bench import summarize as summarize_results
-from specdec.calibration import fast_half_matmul, warn_slow_half_precision
-from specdec.models.embedded import heldout_code_prompts
+from specdec.cli.bench import (
+    RunResult,
+    baseline_methods,
+    distinct_ngram_ratio,
+    markdown_table,
+    strategy_methods,
+)
+from specdec.cli.bench import summarize as summarize_results
+from specdec.embedded.pair import heldout_code_prompts
+from specdec.planning.calibration import fast_half_matmul, warn_slow_half_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT_FILE = ROOT / "benchmarks" / "prompts" / "chat.jsonl"

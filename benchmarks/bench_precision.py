@@ -16,7 +16,7 @@ import sys
 import torch
 
 import specdec
-from specdec.models.embedded import heldout_code_prompts, load_embedded_pair
+from specdec.embedded.pair import heldout_code_prompts, load_embedded_pair
 
 
 def first_divergence(a: torch.Tensor, b: torch.Tensor) -> int | None:

@@ -18,10 +18,10 @@ import time
 import torch
 
 import specdec
-from specdec.models.embedded import heldout_code_prompts, load_embedded_pair
-from specdec.models.llama_runner import LlamaRunner
-from specdec.models.runner import CausalRunner
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.embedded.pair import heldout_code_prompts, load_embedded_pair
+from specdec.runtime.llama_runner import LlamaRunner
+from specdec.runtime.runner import CausalRunner
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -244,7 +244,7 @@ def decode_ms(runner, prefix: int, repeats: int, device: str) -> float:
 
 
 def verify_ms(runner, prefix: int, nodes: int, repeats: int, device: str) -> float:
-    from specdec.tree import Tree
+    from specdec.core.tree import Tree
 
     tree = Tree.from_parents(Tree.from_branching((4, 4, 2, 2)).parents[:nodes])
     runner.reset()
@@ -262,8 +262,8 @@ def verify_ms(runner, prefix: int, nodes: int, repeats: int, device: str) -> flo
 
 def runners(model: LlamaForCausalLM, device: str) -> dict:
     """transformers' forward, specdec's runner and (on CUDA) specdec's runner with CUDA graphs."""
-    from specdec.models.llama_runner import LlamaRunner
-    from specdec.models.runner import CausalRunner
+    from specdec.runtime.llama_runner import LlamaRunner
+    from specdec.runtime.runner import CausalRunner
 
     out = {"transformers eager": CausalRunner(model), "specdec runner": LlamaRunner(model)}
     if device != "cuda":

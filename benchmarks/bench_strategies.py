@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from specdec.cli import main
+from specdec.cli.main import main
 
 DEFAULTS = [
     "bench",

@@ -448,9 +448,9 @@ def print_summary(results: list[Result], out=sys.stdout) -> None:
 
 
 def max_tree_nodes() -> int:
-    """The largest tree the library allows (specdec.tree.MAX_TREE_NODES, wherever the module lives)."""
+    """The largest tree the library allows (specdec.core.tree.MAX_TREE_NODES, wherever the module lives)."""
     try:
-        from specdec.tree import MAX_TREE_NODES
+        from specdec.core.tree import MAX_TREE_NODES
     except ImportError:  # the tree module may move into a subpackage
         from specdec.core.tree import MAX_TREE_NODES  # type: ignore[no-redef]
     return MAX_TREE_NODES

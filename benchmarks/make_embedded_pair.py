@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build specdec's embedded default model pair, offline and deterministically, on CPU.
 
-What it makes (in ``specdec/models/embedded_pair/`` unless ``--out`` says otherwise):
+What it makes (in ``specdec/embedded/pair_files/`` unless ``--out`` says otherwise):
 
 * a SentencePiece BPE tokenizer, Llama-style (byte fallback, split digits, ``<unk>``=0, ``<s>``=1,
   ``</s>``=2), trained on the pinned CPython standard-library training files with whitespace preserved
@@ -58,18 +58,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 
-from specdec.models.embedded import (  # noqa: E402
-    EMBEDDED_PAIR_DIR,
-    MANIFEST_NAME,
-    heldout_code_prompts,
-    sha256_file,
-)
-from specdec.models.stdlib_corpus import (  # noqa: E402
+from specdec.embedded.corpus import (  # noqa: E402
     HELDOUT_FILES,
     PINNED_PYTHON,
     CorpusFile,
     load_pinned,
     training_files,
+)
+from specdec.embedded.pair import (  # noqa: E402
+    EMBEDDED_PAIR_DIR,
+    MANIFEST_NAME,
+    heldout_code_prompts,
+    sha256_file,
 )
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2

@@ -27,8 +27,8 @@ AREAS = {
     "test_generate_greedy": "Chain / prompt lookup greedy == target generate(), EOS, lengths, processors",
     "test_generate_sampling": "Sampling through generate(): chi-square vs exact target probabilities, seeds",
     "test_tree_generate": "Tree verification logits, cache compaction, greedy identity, tree sampling",
-    "test_host_syncs": "Host reads of device values per step (counted by taint): chains and prompt lookup 1, "
-    "trees at most depth + 1",
+    "test_host_syncs": "Host reads of device values per step (counted by taint), one row and four: chains "
+    "and prompt lookup 1, trees at most depth + 1",
     "test_hybrid": "Hybrid trees: greedy identity, chi-square, per-source statistics",
     "test_timing": "Step phases timed on the device's timeline (host clock on CPU; CUDA-event twin skipped)",
     "test_planner_regimes": "Planners under synthetic cost profiles: trees where verification is flat in "
@@ -61,7 +61,11 @@ AREAS = {
     "(vocab 3-6; top-k/top-p truncated, zeros, one-hot; all node kinds): output == target to 1e-9",
     "test_hardening_longrun": "Generation filling the context exactly (4 strategies x 2 runtimes), 200 calls "
     "with flat RSS / objects and reused caches, KeyboardInterrupt in a processor or stopping criterion",
-    "test_batch": "Batched generation: per-row caches, every row equal to the target alone, chi-square",
+    "test_batch": "Batched generation: every strategy at B > 1 on both runtimes, every row equal to the "
+    "target alone, per-row chi-square (chain, tree, dynamic tree, hybrid, auto, prompt lookup)",
+    "test_causal_rows": "transformers' forward on ragged rows: each row equals a one-row runner on 7 "
+    "families (trees, windows, padding never attended, keep_rows), LlamaRunner vs CausalRunner",
+    "test_layering": "Package layers: no module imports a layer above its own",
     "test_kernels": "Tree attention kernels against the float64 reference (Triton interpreter on CPU)",
     "test_kernels_bench": "Attention benchmark methods compute the reference; projected step model; "
     "gpu_check.sh dry run",

@@ -14,12 +14,12 @@ import torch
 from transformers import PreTrainedModel
 
 from specdec.config import STRATEGIES, SpecConfig
+from specdec.core.stats import GenerationStats
+from specdec.embedded.pair import EmbeddedPairError, heldout_code_prompts, load_embedded_pair
 from specdec.errors import NonFiniteLogitsError
 from specdec.generate import SpeculativeModel
-from specdec.models.embedded import EmbeddedPairError, heldout_code_prompts, load_embedded_pair
 from specdec.models.loading import ModelSourceError, load_causal_lm
-from specdec.stats import GenerationStats
-from specdec.vocab import VocabularyMismatchError
+from specdec.models.vocab import VocabularyMismatchError
 
 __version__ = "0.1.0"
 

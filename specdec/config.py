@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
+from specdec.core.tree import MAX_TREE_NODES, Tree, parse_tree_spec
 
 STRATEGIES = ("chain", "tree", "dynamic-tree", "prompt-lookup", "hybrid", "auto", "none")
 
@@ -50,7 +50,7 @@ class SpecConfig:
         acceptance rate and draft/verify costs (Leviathan et al., 2023, section 3.5).
     max_draft_tokens: the largest k the adaptive choice may take.
     tree: strategy="tree" only: a branching tuple such as (4, 2, 2, 1), a list of rank paths such
-        as [(0,), (1,), (0, 0)], or a specdec.tree.Tree.
+        as [(0,), (1,), (0, 0)], or a specdec.core.tree.Tree.
     tree_budget / tree_branch / tree_depth: strategy="dynamic-tree" only: nodes kept per step,
         children per expanded node (also the number of nodes expanded per depth), deepest level.
     prompt_lookup_max_ngram / prompt_lookup_min_ngram: the n-gram sizes tried, longest first.

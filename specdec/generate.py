@@ -18,8 +18,9 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from specdec.adaptive import DraftLengthController
-from specdec.batch_generate import (
+from specdec.config import SpecConfig
+from specdec.core.engine import Row, SpeculativeEngine
+from specdec.core.loop import (
     batch_prompts,
     check_batch_options,
     generate_rows,
@@ -27,19 +28,18 @@ from specdec.batch_generate import (
     pad_outputs,
     stop_rules,
 )
-from specdec.calibration import measure_costs
-from specdec.config import SpecConfig
-from specdec.costs import CostProfile, planning_costs
+from specdec.core.sampling import LogitsPipeline
+from specdec.core.stats import GenerationStats
 from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, PromptLookupDrafter
 from specdec.drafters.model import TreeShape
-from specdec.engine import Row, SpeculativeEngine
-from specdec.fallback import chains_where_trees_fail
-from specdec.models.llama_runner import make_runner
 from specdec.models.loading import find_tokenizer, vocab_info
-from specdec.sampling import LogitsPipeline
-from specdec.shaping import AutoShapeController, Planner
-from specdec.stats import GenerationStats
-from specdec.vocab import check_vocabularies
+from specdec.models.vocab import check_vocabularies
+from specdec.planning.calibration import measure_costs
+from specdec.planning.chain import DraftLengthController
+from specdec.planning.costs import CostProfile, planning_costs
+from specdec.planning.fallback import chains_where_trees_fail
+from specdec.planning.trees import AutoShapeController, Planner
+from specdec.runtime.factory import make_runner
 
 # GenerationConfig fields whose non-default values this implementation cannot honour yet.
 # Each maps to a predicate that is True when the value is harmless.
@@ -249,9 +249,9 @@ class SpeculativeModel:
         """Generate like `target.generate(...)`, speculatively.
 
         inputs / input_ids: [B, L] prompt ids of any integer dtype (left padding through attention_mask);
-        every strategy runs at any B (see specdec.engine). generator: a torch.Generator for the draws (specdec
-        extension); default: torch's global RNG. Returns [B, L + new] int64 ids (rows that stop early padded
-        with pad_token_id), or a GenerateDecoderOnlyOutput when return_dict_in_generate=True.
+        every strategy runs at any B (see specdec.core.engine). generator: a torch.Generator for the draws
+        (specdec extension); default: torch's global RNG. Returns [B, L + new] int64 ids (rows that stop
+        early padded with pad_token_id), or a GenerateDecoderOnlyOutput when return_dict_in_generate=True.
 
         As transformers 5 does: with no max_new_tokens / max_length, up to the generation config's
         max_length (20 by default) NEW tokens (capped at max_position_embeddings); a user logits

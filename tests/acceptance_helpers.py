@@ -1,12 +1,12 @@
 """The acceptance rules as host-reading functions, for tests: each reads the package's device form
-(`specdec.acceptance`) once and returns an `Accepted`; the engine itself reads every row's outcome
+(`specdec.core.acceptance`) once and returns an `Accepted`; the engine itself reads every row's outcome
 in its one read per step."""
 
 from __future__ import annotations
 
 import torch
 
-from specdec.acceptance import (
+from specdec.core.acceptance import (
     Accepted,
     greedy_chain_outcome,
     greedy_tree_outcome,
@@ -15,8 +15,8 @@ from specdec.acceptance import (
     stochastic_tree_outcome,
     stochastic_tree_result,
 )
-from specdec.sampling import residual
-from specdec.tree import Tree
+from specdec.core.sampling import residual
+from specdec.core.tree import Tree
 
 
 def accept_greedy_chain(draft_tokens: torch.Tensor, target_scores: torch.Tensor) -> Accepted:

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from specdec.acceptance import (
+from specdec.core.acceptance import (
     acceptance_probability,
     one_hot_draft_probabilities,
 )

@@ -7,7 +7,7 @@ from tokenizers.models import WordLevel
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 import specdec
-from specdec.vocab import VocabInfo, VocabularyMismatchError, check_vocabularies
+from specdec.models.vocab import VocabInfo, VocabularyMismatchError, check_vocabularies
 from tests.tiny_models import prompt, tiny_llama
 
 
@@ -134,7 +134,7 @@ def test_draft_with_extra_ids_past_the_target_is_accepted_and_masked():
     assert int(draft(ids).logits[0, -1].argmax()) == 96
     out = spec.generate(ids, max_new_tokens=15)
     assert torch.equal(out, target.generate(ids, max_new_tokens=15, do_sample=False))
-    from specdec.sampling import LogitsPipeline
+    from specdec.core.sampling import LogitsPipeline
 
     config, _ = target._prepare_generation_config(None)
     spec._drafter.begin(1)

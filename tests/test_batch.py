@@ -5,10 +5,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 import specdec
-from specdec.adaptive import DraftLengthController
-from specdec.costs import PROBE_EVERY, CostProfile
-from specdec.models.llama_runner import LlamaRunner
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.planning.chain import DraftLengthController
+from specdec.planning.costs import PROBE_EVERY, CostProfile
+from specdec.runtime.llama_runner import LlamaRunner
 from tests.test_generate_sampling import V, chi_square_pvalue, exact_joint
 from tests.tiny_models import prompt, tiny_llama
 

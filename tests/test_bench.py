@@ -2,7 +2,7 @@
 
 import torch
 
-from specdec.bench import (
+from specdec.cli.bench import (
     baseline_methods,
     distinct_ngram_ratio,
     markdown_table,
@@ -43,7 +43,7 @@ def test_harness_runs_every_method_and_checks_identity():
 
 
 def test_plot_writes_a_png(tmp_path):
-    from specdec.bench import RunResult, plot
+    from specdec.cli.bench import RunResult, plot
 
     results = [
         RunResult("target", 0, 10, 1.0),

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.models.llama_runner import LlamaRunner
-from specdec.models.runner import CausalRunner
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.runtime.llama_runner import LlamaRunner
+from specdec.runtime.runner import CausalRunner
 from tests.families import WINDOW, build
 
 ATOL = 1e-4

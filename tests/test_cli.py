@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from specdec.cli import main
-from specdec.models.embedded import heldout_code_prompts, load_embedded_pair
+from specdec.cli.main import main
+from specdec.embedded.pair import heldout_code_prompts, load_embedded_pair
 
 PAIR = os.environ.get("SPECDEC_EMBEDDED_PAIR")  # default: the shipped pair
 PAIR_ARGS = ["--pair", PAIR] if PAIR else []

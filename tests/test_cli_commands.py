@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from specdec.cli import main
-from specdec.cli_commands import CommandError, read_prompts
+from specdec.cli.commands import CommandError, read_prompts
+from specdec.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_shipped_chat_prompts_cover_six_categories():
 
 
 def test_quote_prompts_quote_a_heldout_snippet():
-    from specdec.models.embedded import heldout_code_prompts, heldout_quote_prompts, load_embedded_pair
+    from specdec.embedded.pair import heldout_code_prompts, heldout_quote_prompts, load_embedded_pair
 
     tokenizer = load_embedded_pair().tokenizer
     quotes = heldout_quote_prompts(tokenizer, num_prompts=3, quote_tokens=48)

@@ -10,8 +10,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import specdec
-from specdec.models.llama_runner import LlamaRunner, make_runner
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.runtime.factory import make_runner
+from specdec.runtime.llama_runner import LlamaRunner
 from tests.test_batch import assert_rows_equal, expected_rows, left_padded
 from tests.tiny_models import prompt, tiny_llama
 
@@ -112,7 +113,7 @@ def test_compiled_runtime_needs_a_llama_layout():
 
 
 def test_compiled_runtime_on_cpu_needs_a_compiler(target, monkeypatch):
-    monkeypatch.setattr("specdec.models.llama_runner.shutil.which", lambda name: None)
+    monkeypatch.setattr("specdec.runtime.llama_runner.shutil.which", lambda name: None)
     with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
         LlamaRunner(target, compiled=True)
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from specdec.adaptive import DraftLengthController, expected_tokens
 from specdec.drafters.prompt_lookup import find_continuation
-from specdec.models.runner import CausalRunner
+from specdec.planning.chain import DraftLengthController, expected_tokens
+from specdec.runtime.runner import CausalRunner
 from tests.tiny_models import prompt, tiny_llama
 
 

@@ -1,6 +1,6 @@
 """The embedded model pair: loads offline, tokenizer reproduces the training ids, corruption is caught.
 
-Runs against the shipped pair (``specdec/models/embedded_pair``); set ``SPECDEC_EMBEDDED_PAIR`` to a folder
+Runs against the shipped pair (``specdec/embedded/pair_files``); set ``SPECDEC_EMBEDDED_PAIR`` to a folder
 built with ``benchmarks/make_embedded_pair.py --smoke --out DIR`` to check the pipeline on a smoke build.
 Nothing here writes into the shipped folder: corruption tests work on a temporary copy.
 """
@@ -19,7 +19,13 @@ import torch
 sentencepiece = pytest.importorskip("sentencepiece")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
-from specdec.models.embedded import (  # noqa: E402
+from specdec.embedded.corpus import (  # noqa: E402
+    HELDOUT_FILES,
+    PINNED_FILES,
+    load_pinned,
+    training_files,
+)
+from specdec.embedded.pair import (  # noqa: E402
     EMBEDDED_PAIR_DIR,
     MANIFEST_NAME,
     REBUILD_COMMAND,
@@ -27,12 +33,6 @@ from specdec.models.embedded import (  # noqa: E402
     heldout_code_prompts,
     load_embedded_pair,
     verify_embedded_pair,
-)
-from specdec.models.stdlib_corpus import (  # noqa: E402
-    HELDOUT_FILES,
-    PINNED_FILES,
-    load_pinned,
-    training_files,
 )
 
 BOS, EOS = 1, 2

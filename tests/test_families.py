@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import specdec
-from specdec.costs import CostProfile
-from specdec.models.masks import MaskPlan, build_masks, plan_masks
+from specdec.planning.costs import CostProfile
+from specdec.runtime.masks import MaskPlan, build_masks, plan_masks
 from tests.families import EAGER_ONLY, FAMILIES, OWN_RUNNER, WINDOW, build, draft_for
 from tests.test_generate_sampling import SAMPLE_KWARGS, V, chi_square_pvalue, exact_joint
 

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import chisquare
 
 import specdec
-from specdec.sampling import LogitsPipeline
+from specdec.core.sampling import LogitsPipeline
 from tests.tiny_models import prompt, tiny_llama
 
 V = 12

@@ -9,7 +9,7 @@ emitted token and of the first two.
 
 The library's functions run for real: `accept_stochastic_chain` and `accept_stochastic_tree` draw
 their uniforms with `torch.rand` and their last token with `sample`; the tests replace those two
-names inside `specdec.acceptance` by scripted uniforms placed just inside each branch and by a hook
+names inside `specdec.core.acceptance` by scripted uniforms placed just inside each branch and by a hook
 that records the distribution handed to `sample`. For the chain the branch probabilities are the
 test's own min(1, p / q), so a wrong threshold in the library shows up as a branch it did not take.
 For trees `walk_tree(coin)` exposes each coin; the tree's draft tokens are enumerated lazily (only
@@ -32,13 +32,13 @@ from hypothesis import strategies as st
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from specdec import acceptance
-from specdec.acceptance import (
+from specdec.core.acceptance import (
     NodeKind,
     stochastic_tree_outcome,
     stochastic_tree_result,
     walk_tree,
 )
-from specdec.tree import Tree
+from specdec.core.tree import Tree
 from tests.acceptance_helpers import accept_stochastic_chain, accept_stochastic_tree
 
 TOL = 1e-9
@@ -117,7 +117,7 @@ def distribution_specs(vocab: int, modes=MODES):
 
 # ----------------------------------------------------------------------------- scripted randomness
 class _ScriptedTorch:
-    """Stands in for `torch` inside specdec.acceptance: `rand` returns the scripted uniforms."""
+    """Stands in for `torch` inside specdec.core.acceptance: `rand` returns the scripted uniforms."""
 
     def __init__(self, uniforms: list[float]) -> None:
         self._uniforms = uniforms
@@ -131,7 +131,7 @@ class _ScriptedTorch:
 
 @contextmanager
 def scripted(uniforms: list[float], handed_to_sample: list[torch.Tensor]):
-    """Run specdec.acceptance on `uniforms`; record each distribution ([V]) given to `sample`."""
+    """Run specdec.core.acceptance on `uniforms`; record each distribution ([V]) given to `sample`."""
 
     def record(probs: torch.Tensor, generator) -> torch.Tensor:
         handed_to_sample.append(probs.clone())

@@ -11,7 +11,7 @@ import torch
 
 import specdec
 from specdec import acceptance
-from specdec.costs import CostProfile
+from specdec.planning.costs import CostProfile
 from tests.device_reads import DeviceReads, mark_device_values
 from tests.tiny_models import prompt, tiny_llama
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import specdec
-import specdec.costs
+import specdec.planning.costs
 from specdec.drafters.prompt_lookup import find_continuations
 from tests.test_generate_sampling import SAMPLE_KWARGS, V, chi_square_pvalue, exact_joint, sample_pairs
 from tests.tiny_models import prompt, tiny_llama
@@ -78,7 +78,7 @@ def test_ngram_settings_out_of_range():
 
 def test_auto_merges_ngram_candidates_when_greedy(target):
     spec = specdec.wrap(target, target, strategy="auto")
-    spec.cost_profile = specdec.costs.CostProfile(
+    spec.cost_profile = specdec.planning.costs.CostProfile(
         draft_level_seconds=1e-4, verify_seconds={1: 0.01, 65: 0.012}
     )
     ids = repetitive_prompt(4)
@@ -90,7 +90,9 @@ def test_auto_merges_ngram_candidates_when_greedy(target):
 def test_auto_sampling_is_unaffected_by_an_earlier_greedy_call(target):
     """Greedy steps merge chosen tokens; they must not leave the draft model choosing when sampling."""
     draft = tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=1)
-    profile = specdec.costs.CostProfile(draft_level_seconds=1e-4, verify_seconds={1: 0.01, 65: 0.012})
+    profile = specdec.planning.costs.CostProfile(
+        draft_level_seconds=1e-4, verify_seconds={1: 0.01, 65: 0.012}
+    )
     ids = repetitive_prompt(5)
     kwargs = dict(max_new_tokens=20, do_sample=True, temperature=0.9, top_k=6)
     fresh = specdec.wrap(target, draft, strategy="auto")

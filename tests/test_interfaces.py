@@ -7,10 +7,10 @@ import inspect
 
 import torch
 
-from specdec import engine
-from specdec.adaptive import DraftLengthController
+from specdec.core import engine
 from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, PromptLookupDrafter
-from specdec.shaping import AutoShapeController, Planner
+from specdec.planning.chain import DraftLengthController
+from specdec.planning.trees import AutoShapeController, Planner
 from tests.tiny_models import tiny_llama
 
 

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 import specdec  # noqa: E402
 from specdec.kernels import resolve_backend, triton_available  # noqa: E402
-from specdec.models.llama_runner import LlamaRunner  # noqa: E402
+from specdec.runtime.llama_runner import LlamaRunner  # noqa: E402
 from tests.test_batch import assert_rows_equal, expected_rows, left_padded  # noqa: E402
 from tests.tiny_models import prompt, tiny_llama  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_runner_calls_the_chosen_backend(monkeypatch, target, backend):
     if backend == "triton" and not triton_available("cpu"):
         pytest.skip("the Triton kernel cannot run on CPU here (interpreter off, or triton < 3.7)")
     calls = []
-    import specdec.models.llama_runner as runner_module
+    import specdec.runtime.llama_runner as runner_module
 
     real = runner_module.tree_attention
 

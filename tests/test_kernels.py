@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from specdec.core.tree import Tree  # noqa: E402
 from specdec.kernels import (  # noqa: E402
     BACKENDS,
     available_backends,
@@ -29,7 +30,6 @@ from specdec.kernels import (  # noqa: E402
     tree_attention,
     triton_available,
 )
-from specdec.tree import Tree  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"

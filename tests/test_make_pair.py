@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from specdec.models.embedded import load_embedded_pair
+from specdec.embedded.pair import load_embedded_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 

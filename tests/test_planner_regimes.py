@@ -12,10 +12,10 @@ import random
 
 import pytest
 
-from specdec.adaptive import DraftLengthController
-from specdec.costs import CostProfile, monotone_fit
-from specdec.shaping import AutoShapeController, RankAcceptance
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.planning.chain import DraftLengthController
+from specdec.planning.costs import CostProfile, monotone_fit
+from specdec.planning.trees import AutoShapeController, RankAcceptance
 
 SIZES = (1, 2, 3, 5, 9, 17, 33, 65)
 #: P(the rank-r child is the accepted one | its parent was reached), disjoint over r: the draft's top

@@ -5,9 +5,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import specdec
-from specdec.models.llama_runner import LlamaRunner, make_runner
-from specdec.models.runner import CausalRunner
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.runtime.factory import make_runner
+from specdec.runtime.llama_runner import LlamaRunner
+from specdec.runtime.runner import CausalRunner
 from tests.tiny_models import prompt, tiny_llama
 
 
@@ -96,7 +97,7 @@ def test_direct_module_calls_equal_the_modules(model):
     from accelerate.hooks import ModelHook, add_hook_to_module
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from specdec.models.module_calls import ModuleCalls, can_call_directly
+    from specdec.runtime.module_calls import ModuleCalls, can_call_directly
 
     calls = ModuleCalls(model, capacity=300)
     assert calls.direct

@@ -23,8 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import specdec
-from specdec.cli import main
-from specdec.models.embedded import EMBEDDED_PAIR_DIR, MANIFEST_NAME, load_embedded_pair
+from specdec.cli.main import main
+from specdec.embedded.pair import EMBEDDED_PAIR_DIR, MANIFEST_NAME, load_embedded_pair
 from specdec.models.loading import ModelSourceError, find_tokenizer, load_causal_lm
 from tests.tiny_models import VOCAB, tiny_llama
 
@@ -294,7 +294,7 @@ def test_bench_without_draft_leaves_assisted_generation_out(tmp_path, capsys):
 
 
 def test_baseline_harness_refuses_assisted_generation_without_draft():
-    from specdec.bench import baseline_methods
+    from specdec.cli.bench import baseline_methods
 
     with pytest.raises(ValueError, match="needs a draft model"):
         baseline_methods(tiny_llama(), None, ["hf-assisted"], {"max_new_tokens": 2})

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 
-from specdec.costs import CostProfile
-from specdec.shaping import AutoShapeController, RankAcceptance, best_tree
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.planning.costs import CostProfile
+from specdec.planning.trees import AutoShapeController, RankAcceptance, best_tree
 
 
 def _reach_sum(tree: Tree, p):
@@ -114,7 +114,7 @@ def test_rank_counts_ignore_unplanned_nodes():
 
 def test_split_draft_costs_recovers_step_level_and_node_costs():
     """Proposal times made from known costs give those costs back; the profile prices plans with them."""
-    from specdec.costs import CostProfile, split_draft_costs
+    from specdec.planning.costs import CostProfile, split_draft_costs
 
     step, level, node = 1.6e-3, 0.9e-3, 0.2e-3
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import specdec
-from specdec.models.llama_runner import LlamaRunner
-from specdec.models.static_pass import BUCKETS, bucket
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.runtime.llama_runner import LlamaRunner
+from specdec.runtime.static_pass import BUCKETS, bucket
 from tests.test_batch import assert_rows_equal, expected_rows, left_padded
 from tests.tiny_models import prompt, tiny_llama
 

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from specdec.timing import StepClock
+from specdec.core.timing import StepClock
 
 
 def test_cpu_clock_measures_the_work_between_marks():

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specdec.tree import MAX_TREE_NODES, Tree, parse_tree_spec
+from specdec.core.tree import MAX_TREE_NODES, Tree, parse_tree_spec
 
 
 @st.composite

@@ -7,13 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specdec.acceptance import (
+from specdec.core.acceptance import (
     NodeKind,
     stochastic_tree_outcome,
     stochastic_tree_result,
     walk_tree,
 )
-from specdec.tree import Tree
+from specdec.core.tree import Tree
 from tests.acceptance_helpers import accept_greedy_tree, accept_stochastic_chain, accept_stochastic_tree
 from tests.test_acceptance import target_distribution
 

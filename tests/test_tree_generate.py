@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import specdec
-from specdec.cache import cache_tensors
-from specdec.costs import CostProfile
-from specdec.models.runner import CausalRunner
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.planning.costs import CostProfile
+from specdec.runtime.cache import cache_tensors
+from specdec.runtime.runner import CausalRunner
 from tests.test_generate_sampling import SAMPLE_KWARGS, V, chi_square_pvalue, exact_joint, sample_pairs
 from tests.tiny_models import prompt, tiny_llama
 

@@ -8,9 +8,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from specdec.core.sampling import LogitsPipeline
+from specdec.core.tree import Tree
 from specdec.errors import NonFiniteLogitsError
-from specdec.sampling import LogitsPipeline
-from specdec.tree import Tree
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specdec.acceptance import NodeKind
+from specdec.core.acceptance import NodeKind
+from specdec.core.sampling import LogitsPipeline
+from specdec.core.tree import Tree
 from specdec.drafters.base import Draft, drafts_on_host
 from specdec.drafters.model import ModelDrafter, TreeShape
 from specdec.drafters.prompt_lookup import PromptLookupDrafter, find_continuations
-from specdec.sampling import LogitsPipeline
-from specdec.tree import Tree
 
 MODEL, NGRAM = "draft-model", "prompt-lookup"
 DECAY = 0.9  # weight of the past in the per-source and copy acceptance statistics (per step)

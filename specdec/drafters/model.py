@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from specdec.acceptance import NodeKind
+from specdec.core.acceptance import NodeKind
+from specdec.core.sampling import LogitsPipeline, probabilities, sample, sample_without_replacement
+from specdec.core.tree import Tree
 from specdec.drafters.base import Draft, pipelines_scores
 from specdec.errors import NonFiniteLogitsError
-from specdec.models.llama_runner import make_runner
-from specdec.sampling import LogitsPipeline, probabilities, sample, sample_without_replacement
-from specdec.tree import Tree
+from specdec.runtime.factory import make_runner
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from specdec.core.sampling import LogitsPipeline
+from specdec.core.tree import Tree
 from specdec.drafters.base import Draft
 from specdec.drafters.history import HostHistory
-from specdec.sampling import LogitsPipeline
-from specdec.tree import Tree
 
 
 def find_continuations(

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 
-from specdec.models.runner import vocab_size
-from specdec.vocab import VocabInfo, tokenizer_tokens
+from specdec.models.vocab import VocabInfo, tokenizer_tokens
+from specdec.runtime.runner import vocab_size
 
 TOKENIZER_FILES = (
     "tokenizer_config.json",

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.acceptance import Accepted, outcome_from_values, outcome_values
+from specdec.core.acceptance import Accepted, outcome_from_values, outcome_values
+from specdec.core.sampling import LogitsPipeline
+from specdec.core.stats import GenerationStats
+from specdec.core.timing import StepClock
 from specdec.drafters.base import Draft, Drafter
 from specdec.errors import NonFiniteLogitsError
-from specdec.models.runner import Runner
-from specdec.sampling import LogitsPipeline
-from specdec.shaping import DraftPlan, Planner
-from specdec.stats import GenerationStats
-from specdec.timing import StepClock
+from specdec.planning.trees import DraftPlan, Planner
+from specdec.runtime.runner import Runner
 
 
 @dataclass

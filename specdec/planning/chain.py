@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from specdec.costs import PROBE_EVERY, CostProfile
-from specdec.shaping import DraftPlan
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.planning.costs import PROBE_EVERY, CostProfile
+from specdec.planning.trees import DraftPlan
 
 
 def expected_tokens(alpha: float, k: int) -> float:

@@ -16,7 +16,7 @@ import torch
 
 import specdec
 from specdec.config import strategy_needs_draft
-from specdec.stats import GenerationStats
+from specdec.core.stats import GenerationStats
 
 Method = Callable[[torch.Tensor], tuple[torch.Tensor, GenerationStats | None]]
 

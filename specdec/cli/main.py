@@ -8,9 +8,9 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from specdec.cli_commands import CommandError, add_bench_parser, add_debug_argument, add_generate_parser
+from specdec.cli.commands import CommandError, add_bench_parser, add_debug_argument, add_generate_parser
 from specdec.config import STRATEGIES
-from specdec.models.llama_runner import RUNTIMES
+from specdec.runtime.factory import RUNTIMES
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,9 +59,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     import specdec
-    from specdec.bench import baseline_methods, run_benchmark, summarize
+    from specdec.cli.bench import baseline_methods, run_benchmark, summarize
     from specdec.config import strategy_needs_draft
-    from specdec.models.embedded import heldout_code_prompts, load_embedded_pair
+    from specdec.embedded.pair import heldout_code_prompts, load_embedded_pair
 
     if args.max_new_tokens < 1 or args.prompt_tokens < 1 or args.repeats < 1 or args.prompt_index < 0:
         print("specdec demo: --max-new-tokens, --prompt-tokens and --repeats must be >= 1", file=sys.stderr)
@@ -113,9 +113,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _is_input_error(error: BaseException) -> bool:
     """Errors whose message describes bad input completely: what is wrong and what to do."""
-    from specdec.models.embedded import EmbeddedPairError
+    from specdec.embedded.pair import EmbeddedPairError
     from specdec.models.loading import ModelSourceError
-    from specdec.vocab import VocabularyMismatchError
+    from specdec.models.vocab import VocabularyMismatchError
 
     known = (CommandError, EmbeddedPairError, ModelSourceError, VocabularyMismatchError, ValueError)
     return isinstance(error, known)

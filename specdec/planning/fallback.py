@@ -8,7 +8,7 @@ import warnings
 from transformers import PreTrainedModel
 
 from specdec.config import SpecConfig
-from specdec.models.llama_runner import tree_support
+from specdec.runtime.factory import tree_support
 
 #: Strategies that verify (and draft) token trees.
 TREE_STRATEGIES = ("tree", "dynamic-tree", "hybrid", "auto")

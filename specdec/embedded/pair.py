@@ -30,10 +30,10 @@ from typing import Any, NamedTuple
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from specdec.embedded.corpus import HELDOUT_FILES, load_pinned
 from specdec.models.loading import load_causal_lm
-from specdec.models.stdlib_corpus import HELDOUT_FILES, load_pinned
 
-EMBEDDED_PAIR_DIR = Path(__file__).resolve().parent / "embedded_pair"
+EMBEDDED_PAIR_DIR = Path(__file__).resolve().parent / "pair_files"
 """Folder of the shipped pair: ``target/``, ``draft/`` and ``MANIFEST.json``."""
 
 MANIFEST_NAME = "MANIFEST.json"

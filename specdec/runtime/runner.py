@@ -4,7 +4,7 @@ The runner owns one cache per model. `extend(tokens)` appends tokens at the next
 logits for the last positions; `truncate(n)` rolls the cache back to n positions. The model's own
 weights and modeling code are used unchanged (no fork), so accelerate device maps keep working.
 The cache may hold B rows of different lengths (`reset(batch_size)`, `extend_rows`, `compact_rows`,
-`keep_rows`), the same contract as `specdec.models.llama_runner.LlamaRunner`.
+`keep_rows`), the same contract as `specdec.runtime.llama_runner.LlamaRunner`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel
 
-from specdec.cache import cache_tensors, move_positions, new_cache, select_batch, truncate_cache
-from specdec.models.masks import MaskPlan, build_masks, plan_masks
+from specdec.runtime.cache import cache_tensors, move_positions, new_cache, select_batch, truncate_cache
+from specdec.runtime.masks import MaskPlan, build_masks, plan_masks
 
 
 def _cache_keyword(model: PreTrainedModel) -> str:
@@ -102,7 +102,7 @@ class CausalRunner:
 
     Masks for trees (and for passes where transformers' own mask would be wrong) are built here in the
     form the model's attention implementation takes, with each layer type's window
-    (`specdec.models.masks`). `tree_support` is None when trees verify exactly on this model, else
+    (`specdec.runtime.masks`). `tree_support` is None when trees verify exactly on this model, else
     the reason they cannot.
 
     Rows of different lengths: a DynamicCache appends every pass at one offset for all rows, so the

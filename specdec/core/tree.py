@@ -197,5 +197,5 @@ def parse_tree_spec(spec: object) -> Tree:
         return Tree.from_paths(spec)
     raise ValueError(
         f"tree={spec!r} is not a tree specification; give a branching tuple such as (4, 2, 2, 1), "
-        "a list of rank paths such as [(0,), (1,), (0, 0)], or a specdec.tree.Tree."
+        "a list of rank paths such as [(0,), (1,), (0, 0)], or a specdec.core.tree.Tree."
     )

@@ -13,8 +13,8 @@ from enum import IntEnum
 
 import torch
 
-from specdec.sampling import probabilities, residual, sample
-from specdec.tree import Tree
+from specdec.core.sampling import probabilities, residual, sample
+from specdec.core.tree import Tree
 
 #: The stochastic tree rule walks node by node on the host when p is on the CPU (see
 #: `stochastic_tree_outcome`); tests switch this off to run the device form there.

@@ -1,13 +1,13 @@
 """The pinned CPython standard-library corpus of the embedded model pair.
 
-The embedded pair (``specdec/models/embedded_pair``) is trained on CPython standard-library source files,
+The embedded pair (``specdec/embedded/pair_files``) is trained on CPython standard-library source files,
 which are present on every Python install, so the build needs no download. The corpus is pinned: the
 files are named here with the sha256 of their content as found in CPython 3.11.7. On another Python
 version some files are missing or differ; those are skipped and reported, never silently used.
 
 Split (fixed, documented): ``HELDOUT_FILES`` (30 modules, about 7% of the text) are never trained on,
 neither by the tokenizer nor by the models. They give the held-out losses in the pair's MANIFEST.json and
-the prompts of ``specdec.models.embedded.heldout_code_prompts``. Every other pinned file is training data.
+the prompts of ``specdec.embedded.pair.heldout_code_prompts``. Every other pinned file is training data.
 
 Pinning rule (how ``PINNED_FILES`` was generated once, from CPython 3.11.7): every non-empty ``*.py`` file
 under ``sysconfig.get_paths()["stdlib"]``, sorted by relative path, skipping the directories

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from specdec.costs import CostProfile, split_draft_costs
+from specdec.core.sampling import LogitsPipeline
+from specdec.core.tree import Tree
 from specdec.drafters.base import Drafter
-from specdec.models.runner import Runner
-from specdec.sampling import LogitsPipeline
-from specdec.tree import Tree
+from specdec.planning.costs import CostProfile, split_draft_costs
+from specdec.runtime.runner import Runner
 
 #: CPU flags (Linux /proc/cpuinfo) that give a fast matmul per half-precision dtype.
 FAST_HALF_FLAGS = {

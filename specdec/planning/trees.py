@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from specdec.costs import PROBE_EVERY, CostProfile
-from specdec.tree import Tree
+from specdec.core.tree import Tree
+from specdec.planning.costs import PROBE_EVERY, CostProfile
 
 
 @dataclass(frozen=True)

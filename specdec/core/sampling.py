@@ -138,7 +138,7 @@ class LogitsPipeline:
     ) -> torch.Tensor:
         """Processed scores at the root and at every node of a token tree, each seeing its own path.
 
-        context: [1, n] committed tokens; tokens: [T] node tokens; tree: specdec.tree.Tree;
+        context: [1, n] committed tokens; tokens: [T] node tokens; tree: specdec.core.tree.Tree;
         logits: [T + 1, V], row 0 after the context, row i + 1 after node i -> [T + 1, V] float32.
         """
         if not self.processors:

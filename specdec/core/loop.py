@@ -20,8 +20,8 @@ import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria
 
-from specdec.engine import Row, SpeculativeEngine
-from specdec.sampling import merge_like_transformers
+from specdec.core.engine import Row, SpeculativeEngine
+from specdec.core.sampling import merge_like_transformers
 
 
 @dataclass

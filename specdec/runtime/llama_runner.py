@@ -17,18 +17,16 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from specdec.core.tree import MAX_TREE_NODES
 from specdec.kernels import dense_tree_mask, resolve_backend, tree_attention
-from specdec.models.masks import MaskPlan, plan_masks
-from specdec.models.module_calls import ModuleCalls
-from specdec.models.runner import (
-    CausalRunner,
+from specdec.runtime.module_calls import ModuleCalls
+from specdec.runtime.runner import (
     check_extend,
     context_length,
     model_device,
     vocab_size,
 )
-from specdec.models.static_pass import StaticPass, bucket
-from specdec.tree import MAX_TREE_NODES
+from specdec.runtime.static_pass import StaticPass, bucket
 
 #: Llama-layout families: pre-norm decoder, rotary, gated MLP; Qwen2 adds q/k/v biases (F.linear takes
 #: them), Qwen3 an RMSNorm over each head's q and k before the rotary embedding.
@@ -48,7 +46,7 @@ def graphs_possible(model: PreTrainedModel, calls: ModuleCalls) -> bool:
 
 def supports_llama_runner(model: PreTrainedModel) -> bool:
     """True for Llama-layout decoders this runner reproduces exactly: every layer full attention (a
-    model with sliding windows runs on transformers' forward, where `specdec.models.masks` combines
+    model with sliding windows runs on transformers' forward, where `specdec.runtime.masks` combines
     the windows with tree masks)."""
     config = model.config
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
@@ -555,8 +553,6 @@ class LlamaRunner:
         self.batch_size = len(indices)
 
 
-RUNTIMES = ("auto", "specdec", "compiled", "transformers")
-
 #: Compiled graphs one runner may need: one new token or more, one logit row or more, one batch row
 #: or more, a first pass that attends only to itself (6 per batch size of 1 and of 2+, with room).
 _GRAPHS_PER_RUNNER = 16
@@ -585,36 +581,3 @@ def _fresh(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A compact copy made under inference mode: graph inputs that are views (a storage offset) or
     were made outside inference mode would each make torch.compile guard on it and recompile."""
     return tensor.to(device).clone(memory_format=torch.contiguous_format)
-
-
-def make_runner(
-    model: PreTrainedModel, runtime: str = "auto", cuda_graphs: bool = False
-) -> CausalRunner | LlamaRunner:
-    """The runner for a model: specdec's own for Llama-layout models ("auto" or "specdec"; "compiled"
-    also runs its passes through torch.compile), transformers' forward with a DynamicCache otherwise
-    or when runtime="transformers". cuda_graphs: fixed-shape passes captured as CUDA graphs (specdec's
-    runner only)."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime={runtime!r} is not supported; choose one of {', '.join(RUNTIMES)}.")
-    if runtime in ("specdec", "compiled") and not supports_llama_runner(model):
-        raise ValueError(
-            f'runtime="{runtime}" needs a Llama-layout model ({", ".join(SUPPORTED_MODEL_TYPES)}, no '
-            f'sliding window); {type(model).__name__} is not one: use runtime="auto" or "transformers".'
-        )
-    if runtime != "transformers" and supports_llama_runner(model):
-        return LlamaRunner(model, cuda_graphs=cuda_graphs, compiled=runtime == "compiled")
-    if cuda_graphs:
-        raise ValueError(
-            f"cuda_graphs=True needs specdec's runtime (a Llama-layout model, runtime auto or specdec); "
-            f"{type(model).__name__} with runtime={runtime!r} runs without graphs: pass cuda_graphs=False."
-        )
-    return CausalRunner(model)
-
-
-def tree_support(model: PreTrainedModel, runtime: str = "auto") -> str | None:
-    """None when token trees verify exactly on the runner `make_runner(model, runtime)` builds, else a
-    one-line reason (an attention implementation that takes no tree mask, an unknown layer type)."""
-    if runtime != "transformers" and supports_llama_runner(model):
-        return None
-    plan = plan_masks(model)
-    return None if isinstance(plan, MaskPlan) else plan

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from specdec.config import STRATEGIES, strategy_needs_draft
-from specdec.models.llama_runner import RUNTIMES
+from specdec.runtime.factory import RUNTIMES
 
 
 class CommandError(Exception):
@@ -70,7 +70,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from specdec.bench import BASELINES
+    from specdec.cli.bench import BASELINES
 
     bench = sub.add_parser("bench", help="benchmark strategies against transformers on a prompt set")
     add_model_arguments(bench)
@@ -112,7 +112,7 @@ def load_models(args: argparse.Namespace):
     Models load through `load_causal_lm`, the function wrap() uses: safetensors only unless
     --allow-pickle, checkpoint code only with --trust-remote-code, never an interactive question.
     """
-    from specdec.models.embedded import load_embedded_pair
+    from specdec.embedded.pair import load_embedded_pair
     from specdec.models.loading import load_causal_lm, load_tokenizer, resolve_source
 
     for name, role in ((args.target, "target"), (args.draft, "draft")):  # a mistyped path: before any load
@@ -245,7 +245,7 @@ def _encode(tokenizer, record: dict, chat: bool) -> torch.Tensor:
 
 
 def _known_baseline(name: str) -> bool:
-    from specdec.bench import BASELINES
+    from specdec.cli.bench import BASELINES
 
     k = name.removeprefix("hf-assisted-k")
     return name in BASELINES or (k != name and k.isdigit() and int(k) >= 1)
@@ -253,7 +253,7 @@ def _known_baseline(name: str) -> bool:
 
 def run_bench(args: argparse.Namespace) -> int:
     import specdec
-    from specdec.bench import (
+    from specdec.cli.bench import (
         BASELINES,
         baseline_methods,
         markdown_table,
@@ -263,7 +263,7 @@ def run_bench(args: argparse.Namespace) -> int:
         strategy_methods,
         summarize,
     )
-    from specdec.models.embedded import heldout_code_prompts, heldout_quote_prompts
+    from specdec.embedded.pair import heldout_code_prompts, heldout_quote_prompts
 
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGIES]

@@ -1,0 +1,1 @@
+"""Running models incrementally over KV caches: specdec's Llama-layout runner, transformers' forward."""
