@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from specdec import acceptance
+from specdec.core import acceptance
 from specdec.core.acceptance import (
     NodeKind,
     stochastic_tree_outcome,

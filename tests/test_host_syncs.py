@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import specdec
-from specdec import acceptance
+from specdec.core import acceptance
 from specdec.planning.costs import CostProfile
 from tests.device_reads import DeviceReads, mark_device_values
 from tests.tiny_models import prompt, tiny_llama

@@ -146,7 +146,7 @@ def test_half_precision_on_a_cpu_without_fast_matmul_warns_one_line(monkeypatch)
 
     import torch
 
-    from specdec import calibration
+    from specdec.planning import calibration
 
     monkeypatch.setattr(calibration, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
     with pytest.warns(UserWarning, match="float32 may be faster") as caught:
