@@ -39,7 +39,7 @@ from specdec.planning.chain import DraftLengthController
 from specdec.planning.costs import CostProfile, planning_costs
 from specdec.planning.fallback import chains_where_trees_fail
 from specdec.planning.trees import AutoShapeController, Planner
-from specdec.runtime.factory import make_runner
+from specdec.runtime.factory import make_runner, tree_support
 
 # GenerationConfig fields whose non-default values this implementation cannot honour yet.
 # Each maps to a predicate that is True when the value is harmless.
@@ -299,6 +299,7 @@ class SpeculativeModel:
         gen_config, max_length = self._generation_config(generation_config, kwargs, input_length)
         if batch > 1:
             check_batch_options(gen_config, streamer)
+            self._check_rows_supported()
         prompts, prefixes = batch_prompts(input_ids, attention_mask)  # [L_b], [P_b] per row
         device = self._target_runner.device
         context = self._target_runner.context_length
@@ -419,6 +420,17 @@ class SpeculativeModel:
                 stacklevel=5,  # the user's frame (called by _generate < generate < inference_mode)
             )
         return config, max_length
+
+    def _check_rows_supported(self) -> None:
+        """Refuse a batch before any pass where a model cannot take per-row masks (rows of different
+        lengths need them), naming the model and the reason."""
+        for role, model in (("target", self.target), ("draft", self.draft)):
+            reason = None if model is None else tree_support(model, self.runtime)
+            if reason is not None:
+                raise ValueError(
+                    f"batch size > 1 needs per-row attention masks, which the {role} cannot take: {reason}. "
+                    "Call generate() once per prompt."
+                )
 
     def _max_positions(self) -> int | None:
         """The target config's max_position_embeddings, as transformers reads it (None: not set)."""

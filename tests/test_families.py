@@ -133,3 +133,15 @@ def test_unknown_window_layout_falls_back():
     with pytest.warns(UserWarning, match="no layer_types"):
         spec = specdec.wrap(target, draft_for(target), strategy="dynamic-tree")
     assert spec.config.strategy == "chain"
+
+
+def test_batches_refused_up_front_where_no_row_mask_exists():
+    """Rows of different lengths need per-row masks: a model whose attention takes none (flash
+    attention) refuses a batch before any pass, naming why; one prompt still runs (a chain)."""
+    target = build("qwen2", "sdpa")
+    draft = draft_for(target)
+    target.config._attn_implementation = "flash_attention_2"
+    spec = specdec.wrap(target, draft, strategy="chain")
+    ids = torch.cat([_prompt(1), _prompt(2)])
+    with pytest.raises(ValueError, match="batch size > 1 needs per-row attention masks.*flash_attention_2"):
+        spec.generate(ids, max_new_tokens=4)

@@ -51,7 +51,8 @@ class _Node:
 
 @dataclass(frozen=True)
 class _Choice:
-    """One parent's proposed children before the host has read them."""
+    """One parent's proposed children before the host has read them (its row of the level's packed
+    values: finite, allowed, `width` tokens, their `width` log q)."""
 
     parent: int
     parent_lp: float
@@ -59,7 +60,7 @@ class _Choice:
     kind: NodeKind
     q_row: torch.Tensor | None  # [V] the distribution the children were drawn from
     template_kids: list[int] | None  # the static tree's nodes they instantiate
-    packed: torch.Tensor  # [2 + 2 count] double on the device: finite, allowed, tokens, log q
+    width: int  # tokens packed per pair at this depth (count <= width)
 
 
 class ModelDrafter:
@@ -213,115 +214,131 @@ class ModelDrafter:
         """Static or dynamic trees, level by level: one host read and one draft pass per level for
         all rows. root_logits: [B, V_draft]."""
         batch = len(sequences)
-        do_sample = pipelines[0].do_sample
         with_context = any(p.processors for p in pipelines)
         nodes: list[list[_Node]] = [[] for _ in range(batch)]
         contexts = [{-1: s} for s in sequences]  # per row: node -> [1, N_b + depth] tokens up to it
-        expand = [[(-1, root_logits[b : b + 1])] for b in range(batch)]  # per row: (parent, [1, V])
         committed = [int(s.shape[1]) for s in sequences]
+        expand = [(b, -1) for b in range(batch)]  # (row, parent) pairs whose children come next
+        level_logits = root_logits  # [P, V_draft], one row per pair
         for depth in range(1, max_depth + 1):
-            choices: list[list[_Choice]] = []
-            for b in range(batch):
-                row_choices = []
-                for parent, logits in expand[b]:
-                    finite = torch.isfinite(logits).all()  # [] read with the choices below
-                    context = contexts[b][parent] if with_context else None
-                    scores = (
-                        pipelines[b].scores(context, self._target_vocab(logits))
-                        if with_context
-                        else (self._target_vocab(logits).float())
-                    )  # [1, V]
-                    row_choices.append(
-                        self._choose(shape, parent, nodes[b], scores, do_sample, generator, finite)
-                    )
-                choices.append(row_choices)
-            # every row's and parent's choice, log-probabilities and finiteness flag: one host read
-            packed = [c.packed for row in choices for c in row]
-            values = torch.cat(packed).tolist() if packed else []
-            offset = 0
+            choices, packed = self._choose_level(
+                shape, expand, level_logits, nodes, pipelines, contexts if with_context else None, generator
+            )
+            values = packed.tolist()  # every pair's tokens, log-probabilities and flags: one host read
             created: list[list[int]] = [[] for _ in range(batch)]
-            for b in range(batch):
-                for choice in choices[b]:
-                    size = choice.packed.shape[0]
-                    children = self._children(choice, values[offset : offset + size], depth)
-                    offset += size
-                    for child in children:
-                        nodes[b].append(child)
-                        created[b].append(len(nodes[b]) - 1)
-                        if with_context:
-                            token = torch.tensor([[child.token]], device=sequences[b].device)
-                            contexts[b][len(nodes[b]) - 1] = torch.cat(
-                                [contexts[b][choice.parent], token], dim=1
-                            )
+            for (b, parent), choice, row in zip(expand, choices, values, strict=True):
+                for child in self._children(choice, row, depth):
+                    nodes[b].append(child)
+                    created[b].append(len(nodes[b]) - 1)
+                    if with_context:
+                        token = torch.tensor([[child.token]], device=sequences[b].device)
+                        contexts[b][len(nodes[b]) - 1] = torch.cat([contexts[b][parent], token], dim=1)
             if depth == max_depth or not any(created):
                 break
             to_feed = [self._nodes_to_expand(shape, nodes[b], created[b]) for b in range(batch)]
             if not any(to_feed):
                 break
             logits = self._feed(nodes, to_feed, committed, depth)  # [B, n, V_draft]
-            expand = [
-                [(node, logits[b, j : j + 1]) for j, node in enumerate(to_feed[b])] for b in range(batch)
-            ]
+            expand = [(b, node) for b in range(batch) for node in to_feed[b]]
+            rows = torch.tensor([b for b in range(batch) for _ in to_feed[b]], device=logits.device)
+            slots = torch.tensor(
+                [j for b in range(batch) for j in range(len(to_feed[b]))], device=logits.device
+            )
+            level_logits = logits[rows, slots]  # [P, V_draft]
         drafts = []
         for b in range(batch):
             row_nodes = nodes[b]
             if shape.mode == "dynamic" and len(row_nodes) > shape.budget:
                 row_nodes = self._keep_best(b, row_nodes, shape.budget)
-            drafts.append(self._draft(row_nodes, do_sample, sequences[b].device))
+            drafts.append(self._draft(row_nodes, pipelines[0].do_sample, sequences[b].device))
         return drafts
 
     def _target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, : self.target_vocab_size].to(self.target_device)
 
-    def _choose(
+    def _choose_level(
         self,
         shape: TreeShape,
-        parent: int,
-        nodes: list[_Node],
-        scores: torch.Tensor,
-        do_sample: bool,
+        expand: list[tuple[int, int]],
+        logits: torch.Tensor,
+        nodes: list[list[_Node]],
+        pipelines: list[LogitsPipeline],
+        contexts: list[dict[int, torch.Tensor]] | None,
         generator: torch.Generator | None,
-        finite: torch.Tensor,
-    ) -> _Choice:
-        """Tokens proposed below `parent` from its processed draft scores ([1, V]), still on the
-        device; `finite` ([] bool) says whether the draft's logits were finite."""
-        mode = shape.mode  # "static" or "dynamic" (chains are drafted by `_propose_line`)
-        parent_lp = nodes[parent].log_prob if parent >= 0 else 0.0
-        if mode == "static":
-            template = nodes[parent].template if parent >= 0 else -1
-            template_kids = shape.tree.children_of(template)
-            count = len(template_kids)
+    ) -> tuple[list[_Choice], torch.Tensor]:
+        """Every (row, parent) pair's children at one depth, chosen side by side on the device.
+
+        logits: [P, V_draft], one row per pair of `expand`; contexts: per row, each node's tokens up to
+        it (None when no pipeline has processors). Returns the pairs' choices and their packed values
+        [P, 2 + 2c] double (finite, allowed, c tokens, their c log q; c the most children a pair has),
+        for the caller's one host read."""
+        finite = torch.isfinite(logits).all(dim=-1)  # [P]
+        target_logits = self._target_vocab(logits)  # [P, V]
+        if contexts is None:
+            scores = target_logits.float()
         else:
-            count, template_kids = shape.branch, None
-        if count == 0:
-            packed = torch.stack([finite.double(), finite.new_zeros((), dtype=torch.double)])  # [2]
-            return _Choice(parent, parent_lp, 0, NodeKind.DETERMINISTIC, None, None, packed)
-        log_q = torch.log_softmax(scores[0], dim=-1)  # [V]
-        count = min(count, log_q.shape[0])
-        allowed = torch.isfinite(log_q).sum()  # []
-        if do_sample and mode != "dynamic" and not shape.deterministic:
-            # `count` draws without replacement from q (the first `allowed` kept)
-            tokens = sample_without_replacement(log_q, count, generator)  # [count]
-            kind, q_row = NodeKind.SAMPLED_WITHOUT_REPLACEMENT, probabilities(scores)[0]  # q: [V]
+            scores = torch.cat(
+                [
+                    pipelines[b].scores(contexts[b][parent], target_logits[i : i + 1])
+                    for i, (b, parent) in enumerate(expand)
+                ]
+            )  # [P, V]
+        kids = [self._template_kids(shape, nodes[b], parent) for b, parent in expand]
+        counts = [len(k) if k is not None else shape.branch for k in kids]
+        width = min(max(counts), scores.shape[-1])
+        log_q = torch.log_softmax(scores, dim=-1)  # [P, V]
+        allowed = torch.isfinite(log_q).sum(dim=-1)  # [P]
+        sampled = pipelines[0].do_sample and shape.mode != "dynamic" and not shape.deterministic
+        if width == 0:
+            tokens = log_q.new_zeros((len(expand), 0), dtype=torch.long)
+        elif sampled:  # each pair's first `count` of `width` draws without replacement from its q
+            tokens = sample_without_replacement(log_q, width, generator)  # [P, width]
         else:
-            tokens = torch.topk(log_q, count).indices
-            kind, q_row = NodeKind.DETERMINISTIC, None
-        flags = torch.stack([finite.double(), allowed.double()])  # [2]
-        packed = torch.cat([flags, tokens.double(), log_q[tokens].double()])  # [2 + 2 count]
-        return _Choice(parent, parent_lp, count, kind, q_row, template_kids, packed)
+            tokens = torch.topk(log_q, width, dim=-1).indices  # [P, width]
+        q = probabilities(scores) if sampled else None  # [P, V]
+        packed = torch.cat(
+            [
+                finite.double()[:, None],
+                allowed.double()[:, None],
+                tokens.double(),
+                log_q.gather(1, tokens).double(),
+            ],
+            dim=1,
+        )  # [P, 2 + 2 width]
+        kind = NodeKind.SAMPLED_WITHOUT_REPLACEMENT if sampled else NodeKind.DETERMINISTIC
+        choices = [
+            _Choice(
+                parent,
+                nodes[b][parent].log_prob if parent >= 0 else 0.0,
+                min(count, width),
+                kind,
+                None if q is None else q[i],
+                template_kids,
+                width,
+            )
+            for i, ((b, parent), count, template_kids) in enumerate(zip(expand, counts, kids, strict=True))
+        ]
+        return choices, packed
+
+    @staticmethod
+    def _template_kids(shape: TreeShape, nodes: list[_Node], parent: int) -> list[int] | None:
+        """The static tree's nodes below `parent`'s template node (None for dynamic trees)."""
+        if shape.mode != "static":
+            return None
+        return shape.tree.children_of(nodes[parent].template if parent >= 0 else -1)
 
     def _children(self, choice: _Choice, values: list[float], depth: int) -> list[_Node]:
         """The children of `choice` from its packed values read on the host."""
         if not values[0]:
             raise NonFiniteLogitsError("draft")
-        n, kept = choice.count, min(choice.count, int(values[1]))
+        width, kept = choice.width, min(choice.count, int(values[1]))
         return [
             _Node(
                 parent=choice.parent,
                 token=int(values[2 + rank]),
                 kind=choice.kind,
                 q_row=choice.q_row,
-                log_prob=choice.parent_lp + values[2 + n + rank],
+                log_prob=choice.parent_lp + values[2 + width + rank],
                 depth=depth,
                 template=choice.template_kids[rank] if choice.template_kids is not None else -1,
             )
