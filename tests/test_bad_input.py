@@ -128,7 +128,11 @@ def test_draft_with_extra_ids_past_the_target_is_accepted_and_masked():
     draft.lm_head.bias = torch.nn.Parameter(bias)
     words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(93)]
     spec = specdec.wrap(
-        target, draft, tokenizer=_tokenizer(words), draft_tokenizer=_tokenizer(words + ["<pad>"])
+        target,
+        draft,
+        strategy="chain",
+        tokenizer=_tokenizer(words),
+        draft_tokenizer=_tokenizer(words + ["<pad>"]),
     )
     ids = prompt(5, 0)
     assert int(draft(ids).logits[0, -1].argmax()) == 96
