@@ -34,7 +34,7 @@ from specdec.drafters import Drafter, HybridDrafter, ModelDrafter, NoDrafter, Pr
 from specdec.drafters.model import TreeShape
 from specdec.models.loading import find_tokenizer, vocab_info
 from specdec.models.vocab import check_vocabularies
-from specdec.planning.calibration import measure_costs
+from specdec.planning.calibration import measure_costs, warn_slow_half_precision
 from specdec.planning.chain import DraftLengthController
 from specdec.planning.costs import CostProfile, planning_costs
 from specdec.planning.fallback import chains_where_trees_fail
@@ -105,6 +105,8 @@ class SpeculativeModel:
         self.cost_profiles: dict[int, CostProfile] = {}
         self.config = chains_where_trees_fail(config, target, draft, runtime)
         self._target_runner = make_runner(target, runtime, cuda_graphs)
+        # bf16 / fp16 on a CPU without hardware matmuls for it: one line, never an error
+        warn_slow_half_precision(target.dtype, self._target_runner.device, stacklevel=3)
         self._drafter = self._make_drafter(draft, draft_tokenizer)
 
     @property

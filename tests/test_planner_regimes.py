@@ -170,3 +170,18 @@ def test_noisy_verify_profile_is_read_non_decreasing():
     assert monotone_fit([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
     clean = flat_profile()
     assert [clean.verify(n) for n in SIZES] == [clean.verify_seconds[n] for n in SIZES]  # unchanged
+
+
+def test_wrap_warns_once_for_half_precision_on_a_slow_cpu(monkeypatch):
+    """wrap() of a bf16 target on a CPU without bf16 matmul: the one-line warning, and it still runs."""
+    import torch
+
+    import specdec
+    from specdec.planning import calibration
+    from tests.tiny_models import prompt, tiny_llama
+
+    target = tiny_llama(seed=0).to(torch.bfloat16)
+    monkeypatch.setattr(calibration, "_cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.warns(UserWarning, match="bfloat16 on a CPU without hardware bfloat16 matmul"):
+        spec = specdec.wrap(target, strategy="prompt-lookup")
+    assert spec.generate(prompt(6, 0), max_new_tokens=3).shape == (1, 9)
