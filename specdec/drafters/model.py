@@ -374,7 +374,7 @@ class ModelDrafter:
             # plain causal pass (no mask to build; a fixed-shape pass a CUDA graph can replay)
             for b, feed in enumerate(to_feed):
                 self._node_rows[b][feed[0]] = starts[b]
-            return self.runner.extend_rows(tokens.to(device), [1] * batch, positions.to(device), None, 1)
+            return self.runner.extend_rows(tokens.to(device), [1] * batch, positions, None, 1)
         width = max(starts) + n
         mask = torch.zeros(batch, n, width, dtype=torch.bool)  # [B, n, W] over absolute cache columns
         for b, feed in enumerate(to_feed):
@@ -386,7 +386,7 @@ class ModelDrafter:
                 self._node_rows[b][node] = starts[b] + j
             mask[b, len(feed) :, : committed[b]] = False  # padding sees only itself
         counts = [len(feed) for feed in to_feed]
-        return self.runner.extend_rows(tokens.to(device), counts, positions.to(device), mask, n)
+        return self.runner.extend_rows(tokens.to(device), counts, positions, mask, n)
 
     @staticmethod
     def _ancestors(nodes: list[_Node], node: int) -> list[int]:
