@@ -39,6 +39,7 @@ from specdec.planning.chain import DraftLengthController
 from specdec.planning.costs import CostProfile, planning_costs
 from specdec.planning.fallback import chains_where_trees_fail
 from specdec.planning.trees import AutoShapeController, Planner
+from specdec.runtime.distributed import broadcast_from_first, check_tensor_parallel_pair
 from specdec.runtime.factory import make_runner, tree_support
 
 # GenerationConfig fields whose non-default values this implementation cannot honour yet.
@@ -103,6 +104,8 @@ class SpeculativeModel:
         self._thread_stats = threading.local()
         #: Measured costs per batch size (`cost_profile` is batch size 1's); set one to reuse it.
         self.cost_profiles: dict[int, CostProfile] = {}
+        # a tensor-parallel target: every rank must decide alike (costs from rank 0, no own timings)
+        self._tensor_parallel = check_tensor_parallel_pair(target, draft)
         self.config = chains_where_trees_fail(config, target, draft, runtime)
         self._target_runner = make_runner(target, runtime, cuda_graphs)
         # bf16 / fp16 on a CPU without hardware matmuls for it: one line, never an error
@@ -205,8 +208,9 @@ class SpeculativeModel:
         accepted tokens save. The measured cost profile is refined or kept as
         `costs.planning_costs` says."""
         config = self.config
+        lockstep = self._tensor_parallel
         if config.strategy == "auto":
-            costs, refine = planning_costs(self._costs(65, batch_size), do_sample)
+            costs, refine = planning_costs(self._costs(65, batch_size), do_sample, lockstep)
             return AutoShapeController(
                 max_depth=config.max_draft_tokens,
                 costs=costs,
@@ -215,7 +219,7 @@ class SpeculativeModel:
             )
         if config.strategy == "tree" and batch_size > 1:
             tree = config.static_tree
-            costs, refine = planning_costs(self._costs(len(tree) + 1, batch_size), do_sample)
+            costs, refine = planning_costs(self._costs(len(tree) + 1, batch_size), do_sample, lockstep)
             nodes = [sum(d <= k for d in tree.depths) for k in range(tree.depth + 1)]
             return DraftLengthController(tree.depth, costs=costs, min_k=0, refine_costs=refine, nodes=nodes)
         if config.strategy in ("tree", "dynamic-tree", "hybrid"):
@@ -224,15 +228,20 @@ class SpeculativeModel:
             return DraftLengthController(1, fixed_k=0)
         if config.num_draft_tokens is not None:
             return DraftLengthController(config.max_draft_tokens, config.num_draft_tokens)
-        costs, refine = planning_costs(self._costs(config.max_draft_tokens + 1, batch_size), do_sample)
+        costs, refine = planning_costs(
+            self._costs(config.max_draft_tokens + 1, batch_size), do_sample, lockstep
+        )
         return DraftLengthController(
             config.max_draft_tokens, costs=costs, refine_costs=refine, min_k=0 if batch_size > 1 else 1
         )
 
     def _costs(self, max_verify_tokens: int, batch_size: int) -> CostProfile:
         if batch_size not in self.cost_profiles:
-            self.cost_profiles[batch_size] = measure_costs(
-                self._target_runner, self._drafter, max_verify_tokens, batch_size
+            # every rank of a tensor-parallel target measures (the target's passes are collectives)
+            # and plans with rank 0's profile
+            profile = measure_costs(self._target_runner, self._drafter, max_verify_tokens, batch_size)
+            self.cost_profiles[batch_size] = (
+                broadcast_from_first(profile) if self._tensor_parallel else profile
             )
         return self.cost_profiles[batch_size]
 
@@ -335,7 +344,9 @@ class SpeculativeModel:
         stats = GenerationStats()
         self.stats = stats
         planner = self._planner(bool(gen_config.do_sample), batch)
-        engine = SpeculativeEngine(self._target_runner, self._drafter, planner, stats, generator)
+        engine = SpeculativeEngine(
+            self._target_runner, self._drafter, planner, stats, generator, timed=not self._tensor_parallel
+        )
         start = time.perf_counter()
         if streamer is not None:
             streamer.put(input_ids.cpu())

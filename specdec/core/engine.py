@@ -58,8 +58,12 @@ class SpeculativeEngine:
         controller: Planner,
         stats: GenerationStats,
         generator: torch.Generator | None = None,
+        timed: bool = True,
     ) -> None:
+        """timed=False: the planner sees no step times (ranks of a tensor-parallel target, whose clocks
+        differ, must plan from acceptance alone, which is the same on every rank); stats keep them."""
         self.target = target
+        self.timed = timed
         self.drafter = drafter
         self.controller = controller
         self.stats = stats
@@ -175,7 +179,7 @@ class SpeculativeEngine:
             self.stats.record_step(len(d), d.tree.depth, n, n + 1)
             if d.sources is not None:
                 self.stats.record_sources(d.sources, a.path)
-            timed = not first and b == timed_row
+            timed = self.timed and not first and b == timed_row
             self.controller.observe_step(
                 d.tree,
                 a.path,

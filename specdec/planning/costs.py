@@ -123,11 +123,15 @@ def split_draft_costs(chain1: float, chain4: float, tree: float, tree_depth: int
     return step, per_chain_level - node, node
 
 
-def planning_costs(profile: CostProfile | None, do_sample: bool) -> tuple[CostProfile | None, bool]:
+def planning_costs(
+    profile: CostProfile | None, do_sample: bool, lockstep: bool = False
+) -> tuple[CostProfile | None, bool]:
     """(the profile a generation plans with, whether it refines it with its own step times).
 
     Greedy output does not depend on the plan, so a greedy generation refines a private copy; sampling
-    plans with the profile as measured, so a seeded run repeats exactly on the same model."""
-    if do_sample or profile is None:
+    plans with the profile as measured, so a seeded run repeats exactly on the same model. lockstep:
+    ranks of a tensor-parallel target, which must all plan alike; each rank's own step times differ, so
+    none refines the (shared) profile."""
+    if do_sample or lockstep or profile is None:
         return profile, False
     return copy.deepcopy(profile), True

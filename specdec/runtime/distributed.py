@@ -1,0 +1,64 @@
+"""Targets split by tensor parallelism over torch.distributed (layer L3 helper).
+
+A target loaded with transformers' tensor parallelism (`tp_plan="auto"` under torchrun) holds DTensor
+weights, and every forward pass is a collective: all ranks must run the same passes in the same order.
+So every decision of a speculative step (acceptance, chain length, tree shape) must be the same on every
+rank. Acceptance is: the logits are the same after the all-reduce, and so are the seeds. Decisions taken
+from a rank's own clock are not, so a tensor-parallel generation plans with one cost profile measured on
+rank 0 and sent to all (`broadcast_from_first`), and never refines it from its own step times. Only
+torch.distributed's collectives are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed support
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def is_tensor_parallel(model: torch.nn.Module) -> bool:
+    """Whether `model` is split over ranks by tensor parallelism: a DTensor weight, or transformers'
+    tensor-parallel size above 1 (`_tp_size`, set by `from_pretrained(..., tp_plan=...)`). A model's
+    `_tp_plan` alone does not count: transformers sets it on every model whose config has a plan."""
+    tp_size = getattr(model, "_tp_size", None)
+    if isinstance(tp_size, int) and tp_size > 1:
+        return True
+    return any(_is_dtensor(p) for p in model.parameters())
+
+
+def check_tensor_parallel_pair(target: torch.nn.Module, draft: torch.nn.Module | None) -> bool:
+    """Whether the target is tensor-parallel; raises ValueError for a tensor-parallel target without an
+    initialised process group, and for a draft that is itself split over ranks."""
+    if draft is not None and is_tensor_parallel(draft):
+        raise ValueError(
+            "the draft must be a whole model on every rank (it is small; load it without tp_plan / "
+            "device_mesh): specdec verifies with a tensor-parallel target but drafts with a replicated draft."
+        )
+    if not is_tensor_parallel(target):
+        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "the target has tensor-parallel (DTensor) weights but torch.distributed is not initialised in "
+            "this process; run under torchrun (or call torch.distributed.init_process_group) on every rank "
+            "before wrapping it."
+        )
+    return True
+
+
+def broadcast_from_first(value: Any) -> Any:
+    """Rank 0's `value` on every rank (one `broadcast_object_list`); `value` itself outside a process
+    group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,113 @@
+"""A target split by transformers' tensor parallelism (gloo, 2 CPU processes), the draft replicated.
+
+Every rank runs the same speculative loop on the generic runtime (transformers' forward): greedy output
+equals the tensor-parallel target's own generate() for chain, tree and auto, and a seeded sampling run
+commits the same tokens on both ranks (plans come from rank 0's cost profile, not each rank's clock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import specdec
+from specdec.runtime.distributed import is_tensor_parallel
+from specdec.runtime.runner import CausalRunner
+from tests.tiny_models import prompt, tiny_llama
+
+WORLD = 2
+NEW_TOKENS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load_tensor_parallel(path: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from transformers import DistributedConfig
+    except ImportError:  # older transformers: tp_plan= directly
+        return AutoModelForCausalLM.from_pretrained(path, tp_plan="auto").eval()
+    return AutoModelForCausalLM.from_pretrained(
+        path, distributed_config=DistributedConfig(tp_plan="auto")
+    ).eval()
+
+
+def _worker(rank: int, port: int, folder: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        _checks(rank, folder)
+    finally:
+        dist.destroy_process_group()
+
+
+def _checks(rank: int, folder: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    target = _load_tensor_parallel(f"{folder}/target")
+    draft = AutoModelForCausalLM.from_pretrained(f"{folder}/draft").eval()
+    assert is_tensor_parallel(target)
+    assert not is_tensor_parallel(draft)
+    ids = prompt(12, seed=3)
+    with torch.inference_mode():
+        expected = target.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    results: dict[str, list[int]] = {}
+    for strategy in ("chain", "tree", "auto"):
+        spec = specdec.wrap(target, draft, strategy=strategy)
+        assert isinstance(spec._target_runner, CausalRunner), strategy
+        out = spec.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert torch.equal(out, expected), (rank, strategy, out.tolist(), expected.tolist())
+        sampled = spec.generate(
+            ids, max_new_tokens=NEW_TOKENS, do_sample=True, generator=torch.Generator().manual_seed(7)
+        )
+        results[strategy] = sampled[0].tolist()
+    gathered: list[dict | None] = [None] * WORLD
+    dist.all_gather_object(gathered, results)
+    assert all(g == gathered[0] for g in gathered), gathered
+
+    # bad input: specdec's own runner, a split draft (on every rank, no collective left hanging)
+    for runtime in ("specdec", "compiled"):
+        with pytest.raises(ValueError, match="tensor-parallel"):
+            specdec.wrap(target, draft, strategy="chain", runtime=runtime)
+    with pytest.raises(ValueError, match="the draft must be a whole model on every rank"):
+        specdec.wrap(draft, target, strategy="chain")
+    Path(folder, f"done{rank}.json").write_text(json.dumps(results))
+
+
+def test_tensor_parallel_target_gloo(tmp_path):
+    if not dist.is_available():
+        pytest.skip("torch built without torch.distributed")
+    tiny_llama(heads=4, kv_heads=2, seed=0).save_pretrained(tmp_path / "target")
+    tiny_llama(hidden=32, layers=1, heads=2, kv_heads=2, seed=1).save_pretrained(tmp_path / "draft")
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    done = [json.loads((tmp_path / f"done{rank}.json").read_text()) for rank in range(WORLD)]
+    assert done[0] == done[1]
+
+
+def test_tensor_parallel_target_needs_a_process_group():
+    """DTensor weights (here: transformers' tensor-parallel size) without torch.distributed initialised."""
+    target, draft = tiny_llama(), tiny_llama(seed=1)
+    target._tp_size = 2
+    with pytest.raises(ValueError, match="torch.distributed is not initialised"):
+        specdec.wrap(target, draft, strategy="chain")
