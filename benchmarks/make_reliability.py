@@ -66,6 +66,8 @@ AREAS = {
     "test_causal_rows": "transformers' forward on ragged rows: each row equals a one-row runner on 7 "
     "families (trees, windows, padding never attended, keep_rows), LlamaRunner vs CausalRunner",
     "test_layering": "Package layers: no module imports a layer above its own",
+    "test_tensor_parallel": "Tensor-parallel target (transformers tp_plan, 2 gloo processes): chain / tree / "
+    "auto greedy == target.generate, seeded sampling equal on both ranks, clear errors",
     "test_kernels": "Tree attention kernels against the float64 reference (Triton interpreter on CPU)",
     "test_kernels_bench": "Attention benchmark methods compute the reference; projected step model; "
     "gpu_check.sh dry run",
