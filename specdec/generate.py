@@ -330,6 +330,7 @@ class SpeculativeModel:
         rules = stop_rules(
             gen_config, max_length, input_length, eos_ids, stopping_criteria, self._max_positions(), context
         )
+        rules.lockstep = self._tensor_parallel
         rows = [
             Row(
                 prompt.to(device)[None],

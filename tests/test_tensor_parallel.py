@@ -86,6 +86,19 @@ def _checks(rank: int, folder: str) -> None:
     dist.all_gather_object(gathered, results)
     assert all(g == gathered[0] for g in gathered), gathered
 
+    # max_time: every rank stops where rank 0's clock says; here rank 1's own limit has run out at once,
+    # and stopping there alone would leave rank 0 waiting in its next pass's collective
+    spec = specdec.wrap(target, draft, strategy="chain")
+    limit = 60.0 if rank == 0 else 0.0
+    assert torch.equal(
+        spec.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, max_time=limit), expected
+    )
+
+    # ranks holding different drafts: the same error on every rank
+    other = tiny_llama(hidden=32, layers=2 if rank == 1 else 1, heads=2, kv_heads=2, seed=1)
+    with pytest.raises(ValueError, match=r"the ranks disagree on the draft model: rank\(s\) 1"):
+        specdec.wrap(target, other, strategy="chain")
+
     # bad input: specdec's own runner, a split draft (on every rank, no collective left hanging)
     for runtime in ("specdec", "compiled"):
         with pytest.raises(ValueError, match="tensor-parallel"):

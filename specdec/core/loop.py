@@ -22,6 +22,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 
 from specdec.core.engine import Row, SpeculativeEngine
 from specdec.core.sampling import merge_like_transformers
+from specdec.runtime.distributed import broadcast_from_first
 
 
 @dataclass
@@ -40,6 +41,9 @@ class StopRules:
     timers: list[MaxTimeCriteria] = field(default_factory=list)
     others: StoppingCriteriaList = field(default_factory=StoppingCriteriaList)
     context: int | None = None
+    #: Ranks of a tensor-parallel target: every rank stops where rank 0's clock says (each rank's own
+    #: clock would stop them at different steps, and the next collective would hang).
+    lockstep: bool = False
 
     def budget(self, length: int, generated: int) -> int:
         """Tokens a row of `length` committed tokens (no padding) that has `generated` new ones may
@@ -65,8 +69,12 @@ class StopRules:
         return tokens, False
 
     def timed_out(self) -> bool:
-        """Whether a `MaxTimeCriteria` (max_time=) has run out (read as its __call__ reads it)."""
-        return any(time.time() - timer.initial_timestamp > timer.max_time for timer in self.timers)
+        """Whether a `MaxTimeCriteria` (max_time=) has run out (read as its __call__ reads it; rank 0's
+        reading on every rank when `lockstep`)."""
+        if not self.timers:
+            return False
+        out = any(time.time() - timer.initial_timestamp > timer.max_time for timer in self.timers)
+        return bool(broadcast_from_first(out)) if self.lockstep else out
 
     def warn_context(self, generated: list[int], rows: list[int] | None = None, stacklevel: int = 2) -> None:
         """The one warning of a generation in which rows stopped at the target's context.

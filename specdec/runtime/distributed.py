@@ -11,6 +11,8 @@ torch.distributed's collectives are used.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch
@@ -51,7 +53,34 @@ def check_tensor_parallel_pair(target: torch.nn.Module, draft: torch.nn.Module |
             "this process; run under torchrun (or call torch.distributed.init_process_group) on every rank "
             "before wrapping it."
         )
+    _check_ranks_agree(target, draft)
     return True
+
+
+def _fingerprint(model: torch.nn.Module | None) -> str | None:
+    """A hash of the model's class and config (its load path and transformers version left out)."""
+    if model is None:
+        return None
+    config = {
+        k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")
+    }
+    text = json.dumps([type(model).__name__, config], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_ranks_agree(target: torch.nn.Module, draft: torch.nn.Module | None) -> None:
+    """Every rank holds the same target and draft (class and config), else ValueError on every rank
+    (one all_gather_object, so no rank is left waiting in a collective)."""
+    mine = (_fingerprint(target), _fingerprint(draft))
+    every: list[tuple[str | None, str | None] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    for role, index in (("target", 0), ("draft", 1)):
+        differ = [rank for rank, prints in enumerate(every) if prints[index] != every[0][index]]
+        if differ:
+            raise ValueError(
+                f"the ranks disagree on the {role} model: rank(s) {', '.join(map(str, differ))} hold another "
+                f"class or config than rank 0; load the same target and draft on every rank."
+            )
 
 
 def broadcast_from_first(value: Any) -> Any:
