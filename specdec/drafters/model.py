@@ -273,16 +273,10 @@ class ModelDrafter:
         [P, 2 + 2c] double (finite, allowed, c tokens, their c log q; c the most children a pair has),
         for the caller's one host read."""
         finite = torch.isfinite(logits).all(dim=-1)  # [P]
-        target_logits = self._target_vocab(logits)  # [P, V]
-        if contexts is None:
-            scores = target_logits.float()
-        else:
-            scores = torch.cat(
-                [
-                    pipelines[b].scores(contexts[b][parent], target_logits[i : i + 1])
-                    for i, (b, parent) in enumerate(expand)
-                ]
-            )  # [P, V]
+        pair_contexts = None if contexts is None else [contexts[b][parent] for b, parent in expand]
+        scores = pipelines_scores(
+            [pipelines[b] for b, _ in expand], pair_contexts, self._target_vocab(logits)
+        )  # [P, V]
         kids = [self._template_kids(shape, nodes[b], parent) for b, parent in expand]
         counts = [len(k) if k is not None else shape.branch for k in kids]
         width = min(max(counts), scores.shape[-1])
