@@ -21,7 +21,7 @@ from specdec.core.tree import MAX_TREE_NODES
 from specdec.kernels import dense_tree_mask, resolve_backend, tree_attention
 from specdec.runtime.module_calls import ModuleCalls
 from specdec.runtime.runner import (
-    check_extend,
+    OneRowMethods,
     context_length,
     model_device,
     vocab_size,
@@ -75,7 +75,7 @@ class _Block:
     max_prefix_len: int | None = None  # host bound on prefix_lens, when known
 
 
-class LlamaRunner:
+class LlamaRunner(OneRowMethods):
     """Incremental forward passes of a Llama-layout model over a preallocated KV cache.
 
     The cache holds B rows (`reset(batch_size)`); row b keeps its own length `lengths[b]` and its
@@ -149,12 +149,6 @@ class LlamaRunner:
         return "compiled" if self.compiled else "specdec"
 
     # ------------------------------------------------------------------ one-row interface
-    @property
-    def length(self) -> int:
-        """Positions held by the single row (batch size 1)."""
-        self._require_one_row()
-        return self.lengths[0]
-
     def reset(self, batch_size: int = 1) -> None:
         """Forget every row; the next passes run `batch_size` rows (the cache is reused when it holds
         at least that many rows: rows [0, batch_size) of it are used)."""
@@ -166,45 +160,11 @@ class LlamaRunner:
         self.batch_size = batch_size
         self.lengths = [0] * batch_size
 
-    @torch.inference_mode()
-    def extend(
-        self,
-        tokens: torch.Tensor,
-        num_logits: int = 1,
-        positions: torch.Tensor | None = None,
-        attention: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Same contract as `CausalRunner.extend`: tokens [n] -> logits [num_logits, V]."""
-        self._require_one_row()
-        n = tokens.shape[0]
-        check_extend(n, num_logits)
-        if attention is not None and attention.shape not in ((n, n), (n, self.lengths[0] + n)):
-            raise ValueError(
-                f"attention must be [{n}, {n}] or [{n}, cached + {n}], got {tuple(attention.shape)}"
-            )
-        logits = self.extend_rows(
-            tokens[None],
-            [n],
-            None if positions is None else positions[None],
-            None if attention is None else attention[None],
-            num_logits,
-        )
-        return logits[0]  # [num_logits, V]
-
     def truncate(self, length: int) -> None:
         self._require_one_row()
         if not 0 <= length <= self.lengths[0]:
             raise ValueError(f"cannot truncate a cache of {self.lengths[0]} positions to {length}")
         self.lengths[0] = length
-
-    def compact(self, start: int, rows: list[int]) -> None:
-        """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
-        self._require_one_row()
-        self.compact_rows([start], [rows])
-
-    def _require_one_row(self) -> None:
-        if self.batch_size != 1:
-            raise ValueError(f"this call is for one row; the runner holds {self.batch_size}")
 
     # ------------------------------------------------------------------ batched interface
     @torch.inference_mode()

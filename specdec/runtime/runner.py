@@ -97,7 +97,61 @@ class Runner(Protocol):
     def keep_rows(self, indices: list[int]) -> None: ...
 
 
-class CausalRunner:
+class OneRowMethods:
+    """The one-row interface (`length`, `extend`, `compact`) of a runner, over its rows interface
+    (`extend_rows`, `compact_rows`): the batch size 1 case, refused while the runner holds more rows."""
+
+    batch_size: int
+    lengths: list[int]
+
+    @property
+    def length(self) -> int:
+        """Positions held by the single row (batch size 1)."""
+        self._require_one_row()
+        return self.lengths[0]
+
+    @torch.inference_mode()
+    def extend(
+        self,
+        tokens: torch.Tensor,
+        num_logits: int = 1,
+        positions: torch.Tensor | None = None,
+        attention: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Append tokens after the cached positions; return logits of the last `num_logits` of them.
+
+        tokens: [n] long. positions: [n] position ids (default: consecutive after the cache).
+        attention: [n, n] bool, which new tokens each new token attends to, every cached position
+        being visible; or [n, cached + n] bool over cached and new positions (default: causal).
+        Returns [num_logits, V] logits (model dtype and device) for the last num_logits tokens.
+        """
+        self._require_one_row()
+        n = tokens.shape[0]
+        check_extend(n, num_logits)
+        if attention is not None and attention.shape not in ((n, n), (n, self.lengths[0] + n)):
+            raise ValueError(
+                f"attention must be [{n}, {n}] or [{n}, {self.lengths[0] + n}], got {tuple(attention.shape)}"
+            )
+        logits = self.extend_rows(
+            tokens[None],
+            [n],
+            None if positions is None else positions[None],
+            None if attention is None else attention[None],
+            num_logits,
+        )
+        return logits[0]  # [num_logits, V]
+
+    def compact(self, start: int, rows: list[int]) -> None:
+        """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
+        self._require_one_row()
+        self.compact_rows([start], [rows])
+
+    def _require_one_row(self) -> None:
+        if self.batch_size != 1:
+            raise ValueError(f"this call is for one row; the runner holds {self.batch_size}")
+
+
+class CausalRunner(OneRowMethods):
     """Incremental forward passes of one causal LM over its KV cache, through transformers' forward.
 
     Masks for trees (and for passes where transformers' own mask would be wrong) are built here in the
@@ -134,12 +188,6 @@ class CausalRunner:
         self.reset()
 
     # ------------------------------------------------------------------ one-row interface
-    @property
-    def length(self) -> int:
-        """Positions held by the single row (batch size 1)."""
-        self._require_one_row()
-        return self.lengths[0]
-
     def reset(self, batch_size: int = 1) -> None:
         """Forget every row; the next passes run `batch_size` rows."""
         if batch_size < 1:
@@ -154,38 +202,6 @@ class CausalRunner:
         self._in_place = [0] * batch_size
         self._block: _BlockRecord | None = None
 
-    @torch.inference_mode()
-    def extend(
-        self,
-        tokens: torch.Tensor,
-        num_logits: int = 1,
-        positions: torch.Tensor | None = None,
-        attention: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Append tokens after the cached positions; return logits of the last `num_logits` of them.
-
-        tokens: [n] long. positions: [n] position ids (default: consecutive after the cache).
-        attention: [n, n] bool, which new tokens each new token attends to, every cached position
-        being visible; or [n, cached + n] bool over cached and new positions (default: causal).
-        Returns [num_logits, V] logits (model dtype and device)
-        for the last num_logits tokens.
-        """
-        self._require_one_row()
-        n = tokens.shape[0]
-        check_extend(n, num_logits)
-        if attention is not None and attention.shape not in ((n, n), (n, self.lengths[0] + n)):
-            raise ValueError(
-                f"attention must be [{n}, {n}] or [{n}, {self.lengths[0] + n}], got {tuple(attention.shape)}"
-            )
-        logits = self._pass(
-            tokens[None],
-            [n],
-            None if positions is None else positions[None],
-            None if attention is None else attention[None],
-            num_logits,
-        )
-        return logits[0]  # [num_logits, V]
-
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` positions."""
         self._require_one_row()
@@ -194,15 +210,6 @@ class CausalRunner:
         if self._windowed:
             self._positions = self._positions[:, :length]
             self._in_place = [min(self._in_place[0], length)]
-
-    def compact(self, start: int, rows: list[int]) -> None:
-        """Keep positions [0, start) then `rows` moved to start, start + 1, ...; drop the rest."""
-        self._require_one_row()
-        self.compact_rows([start], [rows])
-
-    def _require_one_row(self) -> None:
-        if self.batch_size != 1:
-            raise ValueError(f"this call is for one row; the runner holds {self.batch_size}")
 
     # ------------------------------------------------------------------ batched interface
     @torch.inference_mode()
