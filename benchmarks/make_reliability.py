@@ -68,6 +68,8 @@ AREAS = {
     "test_layering": "Package layers: no module imports a layer above its own",
     "test_tensor_parallel": "Tensor-parallel target (transformers tp_plan, 2 gloo processes): chain / tree / "
     "auto greedy == target.generate, seeded sampling equal on both ranks, clear errors",
+    "test_cli_tensor_parallel": "specdec generate --tensor-parallel under torchrun (2 gloo processes): "
+    "rank 0 alone prints, the same completion as one process; no torchrun / --device-map: one-line errors",
     "test_kernels": "Tree attention kernels against the float64 reference (Triton interpreter on CPU)",
     "test_kernels_bench": "Attention benchmark methods compute the reference; projected step model; "
     "gpu_check.sh dry run",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from specdec.cli.parallel import add_tensor_parallel_argument, rank, tensor_parallel_session
 from specdec.config import STRATEGIES, strategy_needs_draft
 from specdec.runtime.factory import RUNTIMES
 
@@ -53,6 +54,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="forward passes: specdec's runner (auto), also torch.compile'd (compiled: slow first "
         "calls), or transformers' own",
     )
+    add_tensor_parallel_argument(parser)
     add_debug_argument(parser)
 
 
@@ -107,11 +109,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_models(args: argparse.Namespace):
-    """(target, draft, tokenizer) from --target/--draft, or the embedded pair.
+    """(target, draft, tokenizer) from --target/--draft, or the embedded pair; with --tensor-parallel the
+    target split over the ranks, the draft whole on every rank.
 
     Models load through `load_causal_lm`, the function wrap() uses: safetensors only unless
     --allow-pickle, checkpoint code only with --trust-remote-code, never an interactive question.
     """
+    from specdec.cli.parallel import load_tensor_parallel_models
     from specdec.embedded.pair import load_embedded_pair
     from specdec.models.loading import load_causal_lm, load_tokenizer, resolve_source
 
@@ -120,6 +124,8 @@ def load_models(args: argparse.Namespace):
             resolve_source(name, role)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     policy = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
+    if getattr(args, "tensor_parallel", False):
+        return load_tensor_parallel_models(args, dtype, policy)
     if args.target is None:
         target, draft, tokenizer = load_embedded_pair(
             dtype=dtype or torch.float32, device=args.device or "cpu"
@@ -147,6 +153,12 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    """`specdec generate`; with --tensor-parallel, on every rank of a torchrun launch."""
+    with tensor_parallel_session(args):
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     import specdec
@@ -252,6 +264,12 @@ def _known_baseline(name: str) -> bool:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """`specdec bench`; with --tensor-parallel, on every rank of a torchrun launch (rank 0 writes)."""
+    with tensor_parallel_session(args):
+        return _bench(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
     import specdec
     from specdec.cli.bench import (
         BASELINES,
@@ -324,7 +342,7 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = summarize(results)
     table = markdown_table(rows)
     print(table)
-    if args.out:
+    if args.out and rank() == 0:
         meta = {
             "date": date.today().isoformat(),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

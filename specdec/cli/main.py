@@ -134,6 +134,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"specdec: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _name(args: argparse.Namespace) -> str:
+    """The command as errors name it; on a rank other than 0 of a tensor-parallel launch, with its rank."""
+    from specdec.cli.parallel import rank
+
+    if getattr(args, "tensor_parallel", False) and rank() != 0:
+        return f"specdec {args.command} (rank {rank()})"
+    return f"specdec {args.command}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; errors are printed as one line on stderr (status 1), tracebacks only with --debug.
 
@@ -153,13 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             if debug:
                 raise
-            print(f"specdec {args.command}: interrupted", file=sys.stderr)
+            print(f"{_name(args)}: interrupted", file=sys.stderr)
             return 130
         except Exception as error:  # noqa: BLE001 - the command line reports, --debug shows the traceback
             if debug:
                 traceback.print_exc()
             hint = "" if debug or _is_input_error(error) else " (run with --debug for the traceback)"
-            print(f"specdec {args.command}: {_one_line(error)}{hint}", file=sys.stderr)
+            print(f"{_name(args)}: {_one_line(error)}{hint}", file=sys.stderr)
             return 1
 
 

@@ -129,6 +129,17 @@ def load_causal_lm(
     return model
 
 
+def tensor_parallel_kwargs() -> dict[str, Any]:
+    """`from_pretrained` keywords that split a model over the ranks of torch.distributed by transformers'
+    tensor parallelism: `distributed_config=DistributedConfig(tp_plan="auto")`, or `tp_plan="auto"` on a
+    transformers without DistributedConfig."""
+    try:
+        from transformers import DistributedConfig
+    except ImportError:  # older transformers: tp_plan= directly
+        return {"tp_plan": "auto"}
+    return {"distributed_config": DistributedConfig(tp_plan="auto")}
+
+
 def remote_code_message(role: str, name: str) -> str:
     """Why a checkpoint with its own modeling code was refused, and how to opt in."""
     return (
