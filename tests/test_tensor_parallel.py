@@ -1,8 +1,10 @@
 """A target split by transformers' tensor parallelism (gloo, 2 CPU processes), the draft replicated.
 
-Every rank runs the same speculative loop on the generic runtime (transformers' forward): greedy output
-equals the tensor-parallel target's own generate() for chain, tree and auto, and a seeded sampling run
-commits the same tokens on both ranks (plans come from rank 0's cost profile, not each rank's clock).
+Every rank runs the same speculative loop, on specdec's own runner (the default: each rank holds its
+heads' share of the KV cache, transformers' sharded projections all-reduce) and on transformers' forward:
+greedy output equals the tensor-parallel target's own generate() for chain, tree and auto, and a seeded
+sampling run commits the same tokens on both ranks (plans come from rank 0's cost profile, not each
+rank's clock).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.multiprocessing as mp
 
 import specdec
 from specdec.runtime.distributed import is_tensor_parallel
+from specdec.runtime.llama_runner import LlamaRunner
 from specdec.runtime.runner import CausalRunner
 from tests.tiny_models import prompt, tiny_llama
 
@@ -73,15 +76,22 @@ def _checks(rank: int, folder: str) -> None:
     with torch.inference_mode():
         expected = target.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
     results: dict[str, list[int]] = {}
-    for strategy in ("chain", "tree", "auto"):
-        spec = specdec.wrap(target, draft, strategy=strategy)
-        assert isinstance(spec._target_runner, CausalRunner), strategy
+    runners = {"auto": LlamaRunner, "transformers": CausalRunner}
+    for runtime, strategy in [("auto", s) for s in ("chain", "tree", "auto")] + [("transformers", "tree")]:
+        spec = specdec.wrap(target, draft, strategy=strategy, runtime=runtime)
+        runner = spec._target_runner
+        assert type(runner) is runners[runtime], (runtime, strategy)
         out = spec.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
-        assert torch.equal(out, expected), (rank, strategy, out.tolist(), expected.tolist())
+        assert torch.equal(out, expected), (rank, runtime, strategy, out.tolist(), expected.tolist())
+        assert spec.stats.runtime == ("specdec" if runtime == "auto" else "transformers")
+        if runtime == "auto":  # this rank's key/value heads only: 2 of the target's 4 query / 2 kv heads
+            assert runner._keys[0].shape[1] == 1 and runner._heads == 2, runner._keys[0].shape
         sampled = spec.generate(
             ids, max_new_tokens=NEW_TOKENS, do_sample=True, generator=torch.Generator().manual_seed(7)
         )
-        results[strategy] = sampled[0].tolist()
+        results[f"{runtime}-{strategy}"] = sampled[0].tolist()
+    # the same seeded run on either runner commits the same tokens (the logits agree to float32 rounding)
+    assert results["auto-tree"] == results["transformers-tree"], results
     gathered: list[dict | None] = [None] * WORLD
     dist.all_gather_object(gathered, results)
     assert all(g == gathered[0] for g in gathered), gathered
@@ -99,10 +109,11 @@ def _checks(rank: int, folder: str) -> None:
     with pytest.raises(ValueError, match=r"the ranks disagree on the draft model: rank\(s\) 1"):
         specdec.wrap(target, other, strategy="chain")
 
-    # bad input: specdec's own runner, a split draft (on every rank, no collective left hanging)
-    for runtime in ("specdec", "compiled"):
-        with pytest.raises(ValueError, match="tensor-parallel"):
-            specdec.wrap(target, draft, strategy="chain", runtime=runtime)
+    # bad input: compiled passes, CUDA graphs, a split draft (on every rank, no collective left hanging)
+    with pytest.raises(ValueError, match='runtime="compiled" does not take tensor-parallel targets'):
+        specdec.wrap(target, draft, strategy="chain", runtime="compiled")
+    with pytest.raises(ValueError, match="without CUDA graphs"):
+        LlamaRunner(target, cuda_graphs=True)
     with pytest.raises(ValueError, match="the draft must be a whole model on every rank"):
         specdec.wrap(draft, target, strategy="chain")
     Path(folder, f"done{rank}.json").write_text(json.dumps(results))

@@ -27,6 +27,16 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, DTensor)
 
 
+def local_rows(weight: torch.Tensor) -> int:
+    """Rows of this rank's part of a weight: its local shard's for a DTensor, all of them otherwise."""
+    return weight.to_local().shape[0] if _is_dtensor(weight) else weight.shape[0]
+
+
+def shard_count(weight: torch.Tensor) -> int:
+    """Over how many ranks a weight is split: its device mesh's size for a DTensor, else 1."""
+    return weight.device_mesh.size() if _is_dtensor(weight) else 1
+
+
 def is_tensor_parallel(model: torch.nn.Module) -> bool:
     """Whether `model` is split over ranks by tensor parallelism: a DTensor weight, or transformers'
     tensor-parallel size above 1 (`_tp_size`, set by `from_pretrained(..., tp_plan=...)`). A model's

@@ -17,22 +17,22 @@ def make_runner(
 ) -> CausalRunner | LlamaRunner:
     """The runner for a model: specdec's own for Llama-layout models ("auto" or "specdec"; "compiled"
     also runs its passes through torch.compile), transformers' forward with a DynamicCache otherwise
-    or when runtime="transformers" or the model is tensor-parallel (DTensor weights). cuda_graphs:
+    or when runtime="transformers". A tensor-parallel target (DTensor weights) runs on specdec's runner
+    too, each rank over its own heads' cache (not "compiled"). cuda_graphs:
     fixed-shape passes captured as CUDA graphs (specdec's runner only)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is not supported; choose one of {', '.join(RUNTIMES)}.")
-    tensor_parallel = is_tensor_parallel(model)
-    if runtime in ("specdec", "compiled") and tensor_parallel:
+    if runtime == "compiled" and is_tensor_parallel(model):
         raise ValueError(
-            f'runtime="{runtime}": specdec\'s own runner does not take tensor-parallel targets (DTensor '
-            'weights) yet; use runtime="auto" or "transformers" (transformers\' own forward).'
+            'runtime="compiled" does not take tensor-parallel targets (DTensor weights; their passes are '
+            'collectives): use runtime="auto" or "specdec" (specdec\'s runner) or "transformers".'
         )
     if runtime in ("specdec", "compiled") and not supports_llama_runner(model):
         raise ValueError(
             f'runtime="{runtime}" needs a Llama-layout model ({", ".join(SUPPORTED_MODEL_TYPES)}, no '
             f'sliding window); {type(model).__name__} is not one: use runtime="auto" or "transformers".'
         )
-    if runtime != "transformers" and not tensor_parallel and supports_llama_runner(model):
+    if runtime != "transformers" and supports_llama_runner(model):
         return LlamaRunner(model, cuda_graphs=cuda_graphs, compiled=runtime == "compiled")
     if cuda_graphs:
         raise ValueError(
@@ -45,7 +45,7 @@ def make_runner(
 def tree_support(model: PreTrainedModel, runtime: str = "auto") -> str | None:
     """None when token trees verify exactly on the runner `make_runner(model, runtime)` builds, else a
     one-line reason (an attention implementation that takes no tree mask, an unknown layer type)."""
-    if runtime != "transformers" and not is_tensor_parallel(model) and supports_llama_runner(model):
+    if runtime != "transformers" and supports_llama_runner(model):
         return None
     plan = plan_masks(model)
     return None if isinstance(plan, MaskPlan) else plan

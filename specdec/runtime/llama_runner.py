@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from specdec.core.tree import MAX_TREE_NODES
 from specdec.kernels import dense_tree_mask, resolve_backend, tree_attention
+from specdec.runtime.distributed import is_tensor_parallel, local_rows, shard_count
 from specdec.runtime.module_calls import ModuleCalls
 from specdec.runtime.runner import (
     OneRowMethods,
@@ -104,14 +105,22 @@ class LlamaRunner(OneRowMethods):
         config = model.config
         self._inner = model.model
         self._layers = list(model.model.layers)
-        self._heads = config.num_attention_heads
-        self._kv_heads = getattr(config, "num_key_value_heads", None) or self._heads
-        self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // self._heads
+        heads = config.num_attention_heads
+        self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.tensor_parallel = is_tensor_parallel(model)
+        # this rank's heads: all of them, or its shard's under tensor parallelism (whose cache is
+        # this rank's share of every layer's keys and values)
+        self._heads, self._kv_heads = _local_heads(model, self._head_dim)
         self._gqa = bool(self._kv_heads != self._heads)
         # Positions never pass the context, but a verified tree briefly holds up to MAX_TREE_NODES rows
         # (+ the pending tokens) beyond the committed ones, so the cache has room for them.
         self._capacity = (max_length or self.context_length or 4096) + MAX_TREE_NODES + 8
-        self._calls = ModuleCalls(model, self._capacity)
+        self._calls = ModuleCalls(model, self._capacity, tensor_parallel=self.tensor_parallel)
+        if self.tensor_parallel and (cuda_graphs or compiled):
+            raise ValueError(
+                "a tensor-parallel target runs specdec's runner without CUDA graphs or torch.compile (its "
+                'passes are collectives): use runtime="auto" or "specdec" and cuda_graphs=False.'
+            )
         if cuda_graphs and not graphs_possible(model, self._calls):
             raise ValueError(
                 "cuda_graphs=True needs the whole model on one CUDA device without accelerate hooks "
@@ -511,6 +520,28 @@ class LlamaRunner(OneRowMethods):
                 tensor[: len(indices), :, :used] = tensor[index, :, :used]  # [M, H, used, D]
         self.lengths = lengths
         self.batch_size = len(indices)
+
+
+def _local_heads(model: PreTrainedModel, head_dim: int) -> tuple[int, int]:
+    """(query heads, key/value heads) this rank computes: all of them, or under tensor parallelism its
+    shard's, read from the first layer's q/k projection rows. ValueError when the shards split a head or
+    give the ranks unequal shares."""
+    attn = model.model.layers[0].self_attn
+    heads = model.config.num_attention_heads
+    kv_heads = getattr(model.config, "num_key_value_heads", None) or heads
+    shards = shard_count(attn.q_proj.weight)
+    q_rows, k_rows = local_rows(attn.q_proj.weight), local_rows(attn.k_proj.weight)
+    if (
+        heads % shards
+        or kv_heads % shards
+        or (q_rows, k_rows) != (heads * head_dim // shards, kv_heads * head_dim // shards)
+    ):
+        raise ValueError(
+            f"the tensor-parallel size {shards} must divide the attention heads ({heads} query, {kv_heads} "
+            f"key/value) so that every rank holds whole heads (this rank holds {q_rows} and {k_rows} "
+            f"projection rows of {head_dim} per head): load the target with a size that divides both."
+        )
+    return heads // shards, kv_heads // shards
 
 
 #: Compiled graphs one runner may need: one new token or more, one logit row or more, one batch row

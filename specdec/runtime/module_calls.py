@@ -10,6 +10,12 @@ x * cos + swap_halves(x) * sin with the sign of rotate_half folded into the tabl
 fewer than rotate_half; the same values). Otherwise every call goes through the module. Both give
 the model's own results (float32: within 1e-6; the runner tests compare against transformers at
 1e-5).
+
+A tensor-parallel model (transformers' `tp_plan`: DTensor weights, each projection's `forward` replaced
+by one that runs this rank's shard and, for row-parallel projections, all-reduces the partial sums)
+calls its projections, MLPs and LM head through the modules, so that transformers' own sharded forwards
+run them: column-parallel q/k/v/gate/up give this rank's heads and units, row-parallel o/down one
+all-reduce each. Norms and rotary tables hold replicated plain tensors and stay direct.
 """
 
 from __future__ import annotations
@@ -35,18 +41,20 @@ def can_call_directly(model: nn.Module) -> bool:
 class ModuleCalls:
     """Linear, MLP and rotary calls of one Llama-layout model."""
 
-    def __init__(self, model: nn.Module, capacity: int) -> None:
+    def __init__(self, model: nn.Module, capacity: int, tensor_parallel: bool = False) -> None:
         self.direct = can_call_directly(model)
+        self.direct_projections = self.direct and not tensor_parallel
         self.rotary = model.model.rotary_emb
         self.capacity = capacity
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # [capacity, D] cos, sin
 
     def linear(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, module.weight, module.bias) if self.direct else module(x)
+        return F.linear(x, module.weight, module.bias) if self.direct_projections else module(x)
 
     def mlp(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """down(act(gate(x)) * up(x)) for a gated MLP; the module itself otherwise."""
-        if not self.direct or not all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        gated = all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj"))
+        if not self.direct_projections or not gated:
             return module(x)
         gate = module.act_fn(self.linear(module.gate_proj, x))
         return self.linear(module.down_proj, gate * self.linear(module.up_proj, x))
