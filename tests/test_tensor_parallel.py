@@ -135,3 +135,13 @@ def test_tensor_parallel_target_needs_a_process_group():
     target._tp_size = 2
     with pytest.raises(ValueError, match="torch.distributed is not initialised"):
         specdec.wrap(target, draft, strategy="chain")
+
+
+def test_tensor_parallel_size_that_splits_heads_is_refused(monkeypatch):
+    """A shard count that does not divide the heads (here 3 for 4 query / 2 key-value heads, the weights
+    posing as split over 3 ranks) is refused before any cache is made, naming both head counts."""
+    import specdec.runtime.llama_runner as llama_runner
+
+    monkeypatch.setattr(llama_runner, "shard_count", lambda weight: 3)
+    with pytest.raises(ValueError, match=r"size 3 must divide the attention heads \(4 query, 2"):
+        LlamaRunner(tiny_llama(heads=4, kv_heads=2))
