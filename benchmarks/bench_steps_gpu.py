@@ -17,10 +17,16 @@ the acceptance figures are inputs, labelled as such, not measurements.
 TinyLlama draft on A100 80GB SXM, H100 SXM and H200: bytes moved and FLOPs of a decode step, a verify
 step of T tree nodes and a draft step, their times at the roofline (max of bytes / bandwidth and
 FLOPs / peak dense bf16), and the speedups those times imply at the acceptance measured on the
-embedded pair (BENCHMARKS.md) and at assumed per-token acceptance rates.
+embedded pair (BENCHMARKS.md) and at assumed per-token acceptance rates. With --tp 1,2,4,8 it also
+projects the Llama-2-70B target split by tensor parallelism over that many GPUs (issue 21): each GPU
+reads 1/tp of the weights and K/V cache and does 1/tp of the FLOPs, and every pass adds two all-reduces
+per layer (after attention's o_proj and the MLP's down_proj) of rows x hidden bf16 values and one
+gather of the LM head's logits, each costed as an ASSUMED latency plus bytes over an ASSUMED bus
+bandwidth (NVLINK_BUS, ALLREDUCE_LATENCY_S); the draft runs whole on every GPU.
 
     python benchmarks/bench_steps_gpu.py --prefix 2048 --alpha 0.6,0.7,0.8
     python benchmarks/bench_steps_gpu.py --project --prefix 2048
+    python benchmarks/bench_steps_gpu.py --project --prefix 2048 --tp 1,2,4,8
 """
 
 from __future__ import annotations
@@ -51,6 +57,20 @@ HARDWARE = {
     "H100 SXM": (3.35e12, 989e12),
     "H200": (4.8e12, 989e12),
 }
+#: name: NVLink bytes/s per direction, ASSUMED to be an all-reduce's bus bandwidth (NCCL's busbw). The
+#: vendors' datasheets give NVLink 600 GB/s (A100 SXM, NVLink 3) and 900 GB/s (H100 SXM and H200 SXM,
+#: NVLink 4), both directions together; half of that each way.
+NVLINK_BUS = {
+    "A100 80GB SXM": 300e9,
+    "H100 SXM": 450e9,
+    "H200": 450e9,
+}
+#: GPU memory, GB (datasheets: A100 80GB, H100 SXM 80GB, H200 141GB)
+MEMORY_GB = {"A100 80GB SXM": 80, "H100 SXM": 80, "H200": 141}
+#: ASSUMED fixed cost of one collective within an NVLink node at these sizes (KB to a few MB), seconds
+ALLREDUCE_LATENCY_S = 10e-6
+#: the target split by tensor parallelism (--tp)
+TP_TARGET = "llama2-70b"
 #: Acceptance MEASURED on the embedded pair (BENCHMARKS.md, "Greedy decoding, default runtime",
 #: session 4): the fraction of steps that drafted depth i + 1 whose accepted path reached it.
 MEASURED_REACH = {
@@ -198,6 +218,87 @@ def _verify_ms(shape: str, prefix: int, hardware: str, rows: int) -> float:
     return roofline_ms(step_cost(shape, rows, prefix), hardware)
 
 
+# ------------------------------------------------------------------- projected tensor parallelism (--tp)
+def tp_weight_bytes(shape: str, tp: int) -> float:
+    """bf16 matmul weight bytes each of `tp` GPUs reads per pass (q/k/v/o, MLP and LM head split tp ways)."""
+    return 2 * matmul_params(shape) / tp
+
+
+def collective_ms(payload: float, tp: int, hardware: str, ring_factor: float) -> float:
+    """ms of one collective over `tp` GPUs moving `payload` bytes per GPU: the assumed latency plus
+    ring_factor * (tp - 1) / tp * payload over the bus bandwidth (ring all-reduce: 2, all-gather: 1);
+    0 for one GPU."""
+    if tp == 1:
+        return 0.0
+    return 1000 * (ALLREDUCE_LATENCY_S + ring_factor * (tp - 1) / tp * payload / NVLINK_BUS[hardware])
+
+
+def tp_comm_ms(shape: str, tokens: int, tp: int, hardware: str) -> float:
+    """ms of a pass's collectives: 2 all-reduces per layer of [tokens, hidden] bf16 (after o_proj and
+    down_proj) and one all-gather of the [tokens, vocab] bf16 logits."""
+    hidden, _, layers, _, _, vocab = SHAPES[shape]
+    all_reduces = 2 * layers * collective_ms(2 * tokens * hidden, tp, hardware, 2.0)
+    return all_reduces + collective_ms(2 * tokens * vocab, tp, hardware, 1.0)
+
+
+def tp_step_ms(shape: str, tokens: int, prefix: int, tp: int, hardware: str) -> float:
+    """Projected ms of a pass split over `tp` GPUs: each GPU's roofline for 1/tp of the bytes and FLOPs,
+    plus the collectives (which do not overlap the matmuls in this model)."""
+    moved, flops = step_cost(shape, tokens, prefix)
+    return roofline_ms((moved / tp, flops / tp), hardware) + tp_comm_ms(shape, tokens, tp, hardware)
+
+
+def check_tp(degrees: list[int], shape: str = TP_TARGET) -> None:
+    """ValueError unless every degree divides the model's attention and key/value heads."""
+    _, _, _, heads, kv_heads, _ = SHAPES[shape]
+    bad = [tp for tp in degrees if tp < 1 or heads % tp or kv_heads % tp]
+    if bad:
+        raise ValueError(
+            f"{bad[0]} GPUs: the degree must divide {shape}'s {heads} heads and {kv_heads} key/value heads"
+        )
+
+
+def project_tensor_parallel(prefix: int, degrees: list[int], alphas: list[float], out=sys.stdout) -> None:
+    """Print the projected 70B step times and chain speedups over `degrees` GPUs (markdown)."""
+    shape, draft_shape = TP_TARGET, "tinyllama-1.1b"
+    print(
+        f"\nPROJECTED (roofline + collectives, not measured): {shape} split by tensor parallelism, bf16, "
+        f"prefix {prefix}, batch 1; ASSUMED {ALLREDUCE_LATENCY_S * 1e6:.0f} us per collective and NVLink "
+        "bus bandwidth per direction (GB/s): "
+        + ", ".join(f"{hw} {bw / 1e9:.0f}" for hw, bw in NVLINK_BUS.items())
+        + f"; the draft ({draft_shape}) whole on every GPU. Speedup: best chain over the split target's "
+        "own decoding.\n",
+        file=out,
+    )
+    header = (
+        "| GPU | TP degree | weights GB per GPU (< GPU memory?) | ms decode (collectives) | ms verify 16 |"
+    )
+    header += " MEASURED-acceptance chain (best k) |"
+    header += "".join(f" ASSUMED a={a:.1f} chain (best k) |" for a in alphas)
+    print(header + "\n|---|---:|---:|---:|---:|---:|" + "---:|" * len(alphas), file=out)
+    for hardware in HARDWARE:
+        draft = roofline_ms(step_cost(draft_shape, 1, prefix), hardware)
+        for tp in degrees:
+            print(_tp_row(shape, prefix, tp, hardware, draft, alphas), file=out)
+
+
+def _tp_row(shape: str, prefix: int, tp: int, hardware: str, draft: float, alphas: list[float]) -> str:
+    gb = tp_weight_bytes(shape, tp) / 1e9
+    fits = "yes" if gb < MEMORY_GB[hardware] else "no"
+    decode = tp_step_ms(shape, 1, prefix, tp, hardware)
+    verify = functools.partial(tp_step_ms, shape, prefix=prefix, tp=tp, hardware=hardware)
+    cells = [
+        f"{gb:.1f} ({fits})",
+        f"{decode:.2f} ({tp_comm_ms(shape, 1, tp, hardware):.2f})",
+        f"{verify(16):.2f}",
+    ]
+    reaches = [list(MEASURED_REACH["chain"])] + [[a**i for i in range(1, 9)] for a in alphas]
+    for reach in reaches:
+        speedup, k, _ = chain_speedup(reach, decode, draft, verify)
+        cells.append(f"{speedup:.2f}x (k={k})")
+    return f"| {hardware} | {tp} | " + " | ".join(cells) + " |"
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -316,12 +417,25 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", default="0.6,0.7,0.8", help="acceptance rates to project with (inputs)")
     parser.add_argument("--project", action="store_true", help="print the roofline step model (no GPU)")
     parser.add_argument(
+        "--tp",
+        default=None,
+        help="with --project: also project Llama-2-70B split over these GPU counts, e.g. 1,2,4,8",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="CPU: tiny shapes, float32, every step but the CUDA ones"
     )
     parser.add_argument("--no-identity", action="store_true", help="skip the greedy identity check")
     args = parser.parse_args(argv)
     if args.project:
-        project(args.prefix, [float(a) for a in args.alpha.split(",")])
+        alphas = [float(a) for a in args.alpha.split(",")]
+        try:
+            degrees = [int(t) for t in args.tp.split(",")] if args.tp else []
+            check_tp(degrees)
+        except ValueError as error:
+            parser.error(f"--tp {args.tp}: {error}")
+        project(args.prefix, alphas)
+        if degrees:
+            project_tensor_parallel(args.prefix, degrees, alphas)
         return 0
     if args.dry_run:
         device, dtype = "cpu", torch.float32

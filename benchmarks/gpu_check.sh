@@ -2,8 +2,9 @@
 # One GPU loan (about 15 minutes, no network): CUDA tests, the attention kernel against SDPA with a mask,
 # flex_attention and SDPA causal at Llama-2-7B / 70B shapes, decode / verify / draft steps against the
 # measured bandwidth floor (with CUDA graphs captured and replayed), greedy identity on random-weight
-# Llama-2-7B / TinyLlama shapes, and the projected step model; one summary table comes last. Every step
-# has its own timeout and a failure does not stop the next; the time limits add up to 7.75 minutes.
+# Llama-2-7B / TinyLlama shapes, `specdec generate --tensor-parallel` on the embedded pair when the machine
+# has more than one GPU, and the projected step model; one summary table comes last. Every step
+# has its own timeout and a failure does not stop the next; the time limits add up to 9.25 minutes.
 #
 #   bash benchmarks/gpu_check.sh             # logs land in $OUT (default /tmp/gpu_check_out)
 #   bash benchmarks/gpu_check.sh --dry-run   # CPU: every step that needs no CUDA, the rest listed as skipped
@@ -72,6 +73,7 @@ result_of() { # the line of a step's log that says how it went
         bench-flex) grep -h "goal check" "$log" | head -1 ;;
         bench-steps*) printf '%s identical of %s greedy checks; %s' "$(grep -c ": identical" "$log")" \
             "$(grep -c "^greedy identity" "$log")" "$(grep -h "^floors:" "$log" | head -1)" ;;
+        tensor-parallel) grep -h "target passes" "$log" | tail -1 | cut -c1-90 ;;
         step-model) grep -h "^| H100 SXM | llama2-7b |" "$log" | tail -1 |
             awk -F'|' '{print "PROJECTED H100, 7B: chain" $4 "/ tree" $5}' ;;
     esac
@@ -134,8 +136,22 @@ else
     step bench-steps-dry-run 150 python benchmarks/bench_steps_gpu.py --dry-run
 fi
 
-# 6. the projected step model (roofline; needs no GPU), printed beside the measurements
-step step-model 30 python benchmarks/bench_steps_gpu.py --project --prefix 2048
+# 6. specdec generate --tensor-parallel on the embedded pair: its target split over 2 GPUs (nccl), the draft
+#    whole on each; greedy, must exit 0 with rank 0 alone printing. 2 ranks whatever the GPU count: the
+#    embedded target's 2 key/value heads (6 query heads) split over no more.
+gpus=$([ "$DRY" = 1 ] && echo 0 || python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$DRY" = 1 ]; then
+    skip tensor-parallel "no CUDA"
+elif [ "${gpus:-0}" -gt 1 ]; then
+    step tensor-parallel 90 python -m torch.distributed.run --nproc-per-node 2 -m specdec generate \
+        --tensor-parallel --device cuda --prompt "def parse(self, text):" --max-new-tokens 32 --stats
+else
+    skip tensor-parallel "${gpus:-0} GPU: needs 2"
+fi
+
+# 7. the projected step model (roofline; needs no GPU), printed beside the measurements, and the 70B
+#    target's verify step split over 1, 2, 4 and 8 GPUs (tensor parallelism)
+step step-model 30 python benchmarks/bench_steps_gpu.py --project --prefix 2048 --tp 1,2,4,8
 
 echo
 echo "=== summary ($(date -u +%Y-%m-%dT%H:%MZ), $([ "$DRY" = 1 ] && echo "DRY RUN, no CUDA" || echo GPU), logs in $OUT/)"

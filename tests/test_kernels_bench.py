@@ -118,6 +118,32 @@ def test_projection_prints_without_a_gpu(capsys):
     assert out.count("| H200 |") == 7  # 4 step rows + 3 speedup rows
 
 
+def test_tensor_parallel_projection_splits_weights_and_adds_collectives(capsys):
+    """--tp: per-GPU weight bytes halve from 1 GPU to 2, no collective on one GPU, and each collective
+    is the assumed latency plus a ring's 2 (tp - 1) / tp of the payload over the bus bandwidth."""
+    steps = load_steps()
+    shape, hardware = steps.TP_TARGET, "H100 SXM"
+    hidden, _, layers, _, _, vocab = steps.SHAPES[shape]
+    assert steps.tp_weight_bytes(shape, 2) == steps.tp_weight_bytes(shape, 1) / 2
+    assert steps.tp_weight_bytes(shape, 1) == 2 * steps.matmul_params(shape)
+    assert steps.tp_comm_ms(shape, 16, 1, hardware) == 0.0
+    assert steps.tp_step_ms(shape, 16, 2048, 1, hardware) == steps._verify_ms(shape, 2048, hardware, 16)
+    bus, latency = steps.NVLINK_BUS[hardware], steps.ALLREDUCE_LATENCY_S
+    all_reduce = latency + 2 * (4 - 1) / 4 * (2 * 16 * hidden) / bus
+    gather = latency + (4 - 1) / 4 * (2 * 16 * vocab) / bus
+    expected = 1000 * (2 * layers * all_reduce + gather)
+    assert abs(steps.tp_comm_ms(shape, 16, 4, hardware) - expected) < 1e-12
+    moved, flops = steps.step_cost(shape, 16, 2048)
+    split = steps.roofline_ms((moved / 4, flops / 4), hardware) + expected
+    assert abs(steps.tp_step_ms(shape, 16, 2048, 4, hardware) - split) < 1e-12
+    with pytest.raises(ValueError, match="must divide"):
+        steps.check_tp([3])
+    assert steps.main(["--project", "--tp", "1,2,4,8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PROJECTED") == 2 and "ASSUMED 10 us per collective" in out
+    assert len(re.findall(r"^\| H200 \| [1248] \| ", out, flags=re.M)) == 4
+
+
 def test_gpu_check_dry_run(tmp_path):
     """benchmarks/gpu_check.sh --dry-run (what it does on any machine without CUDA): every step that
     needs no CUDA runs and passes (interpreter kernel smoke, tiny step benchmark with greedy identity,
