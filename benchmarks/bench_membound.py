@@ -3,8 +3,16 @@
 The embedded target's MLPs are widened (issue 19): every layer's intermediate size grows to
 `--intermediate-size` with random new gate/up rows and ZERO new down_proj columns, so the new units add
 exactly 0 to every output while their weights are read and multiplied on every pass. The model behaves
-like the embedded target (float32 logits checked equal) but streams ~0.7 GB of bf16 weights per pass.
+like the embedded target (float32 logits checked equal) but streams ~0.6 GB of bf16 weights per pass.
 Built here at run time, never shipped.
+
+Why 32512 units by default, not more: oneDNN (torch 2.13's bf16 matmul on CPU) runs the down projection
+of 2-32 rows on its AVX512-BF16 kernel instead of AMX once its reduction length reaches 32768
+(`ONEDNN_VERBOSE=1`: brg_matmul:avx512_core_bf16 for 16x32768 and 16x36864, avx10_1_512_amx for 16x32000,
+for 1 and 33 rows of 36864, and for every Llama-2 7B/13B/70B down projection at 8-32 rows; the project's
+Xeon with AMX, 1 thread). With 36864 units one layer's down projection of 32 rows took 13.1 ms against
+4.1 ms for 33 rows, and a whole 32-token verification 225 ms against 164 ms for 33: a cliff no real
+Llama-2 shape meets (their longest reduction is 70B's 28672), so the default stays below it (0.61 GB).
 
 Prints: the 1/4/16/64-row cost of one widened layer's MLP in bf16 (the regime), then every specdec
 strategy and transformers' methods in one process, bf16, on the held-out code prompts and the chat set
@@ -139,7 +147,7 @@ def widen_mlps(model: nn.Module, intermediate_size: int, seed: int = 0) -> nn.Mo
 @torch.no_grad()
 def max_logit_difference(a: nn.Module, b: nn.Module, ids: torch.Tensor, threads: int | None = None) -> float:
     """Largest |logit difference| of two models over every position of `ids` ([1, L]), on `threads`
-    torch threads (default: as set). With 2 threads the 36864-long down_proj reduction is split across
+    torch threads (default: as set). With 2 threads the 32512-long down_proj reduction is split across
     threads differently from the 1024-long one (measured: 1.1e-5 in float32); on 1 thread the added
     zeros leave the float32 sums bit-identical."""
     saved = torch.get_num_threads()
@@ -244,7 +252,12 @@ def run_alternating(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--intermediate-size", type=int, default=36864, help="widened MLP size")
+    parser.add_argument(
+        "--intermediate-size",
+        type=int,
+        default=32512,
+        help="widened MLP size (default 32512: below 32768, where oneDNN leaves AMX for 2-32 rows)",
+    )
     parser.add_argument("--num-prompts", type=int, default=8, help="held-out code prompts (0: none)")
     parser.add_argument("--prompt-tokens", type=int, default=128, help="code prompt length in tokens")
     parser.add_argument(
