@@ -56,6 +56,18 @@ def test_tensor_parallel_generate_prints_once_what_one_process_prints(pair):
     assert split.stdout.count(PROMPT) == 1
 
 
+def test_embedded_pair_tensor_parallel_prints_once_what_one_process_prints():
+    """The embedded pair (its target: 6 heads, 2 key/value heads) split over 2 ranks."""
+    args = ["generate", "--prompt", "def parse(self, text):", "--max-new-tokens", "12", "--strategy", "tree"]
+    single = _run([sys.executable, "-m", "specdec", *args])
+    assert single.returncode == 0, single.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    split = _run([*launch, "-m", "specdec", *args, "--tensor-parallel"])
+    assert split.returncode == 0, split.stderr
+    assert split.stdout == single.stdout and split.stdout.count("def parse") == 1
+    assert "no tokenizer" not in split.stderr  # the split target's tokenizer is found beside it
+
+
 def _one_line_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 1
     captured = capsys.readouterr()

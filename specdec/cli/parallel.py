@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -126,12 +129,20 @@ def load_tensor_parallel_models(args: argparse.Namespace, dtype: torch.dtype | N
 
 
 def _embedded_tensor_parallel(dtype: torch.dtype, split: dict):
-    """The embedded pair with its target reloaded split over the ranks, from the hash-checked private copy
-    `load_embedded_pair` loaded it from (kept while the whole target lives, so it is dropped only after)."""
+    """The embedded pair with its target reloaded split over the ranks, from a copy of the hash-checked
+    private folder `load_embedded_pair` loaded it from (that folder goes with the whole target; the copy
+    stays while the split target lives, so its tokenizer is still found beside it)."""
     from specdec.embedded.pair import load_embedded_pair
     from specdec.models.loading import load_causal_lm
 
     whole, draft, tokenizer = load_embedded_pair(dtype=dtype, device="cpu")
-    target = load_causal_lm(whole.name_or_path, "target", dtype, None, local_files_only=True, **split)
+    folder = tempfile.mkdtemp(prefix="specdec-pair-target-tp-")
+    shutil.copytree(whole.name_or_path, folder, dirs_exist_ok=True)
     del whole
+    try:
+        target = load_causal_lm(folder, "target", dtype, None, local_files_only=True, **split)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    weakref.finalize(target, shutil.rmtree, folder, ignore_errors=True)
     return target, draft, tokenizer
