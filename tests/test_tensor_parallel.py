@@ -92,6 +92,24 @@ def _checks(rank: int, folder: str) -> None:
         results[f"{runtime}-{strategy}"] = sampled[0].tolist()
     # the same seeded run on either runner commits the same tokens (the logits agree to float32 rounding)
     assert results["auto-tree"] == results["transformers-tree"], results
+
+    # specdec's runner: one all-reduce per block (after o_proj and after down_proj), none of its own
+    runner = specdec.wrap(target, draft, strategy="chain")._target_runner
+    calls = []
+    reduce = dist.all_reduce
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return reduce(*args, **kwargs)
+
+    dist.all_reduce = counted
+    try:
+        runner.reset(1)
+        runner.extend_rows(ids, [ids.shape[1]], None, None, 1)
+    finally:
+        dist.all_reduce = reduce
+    layers = target.config.num_hidden_layers
+    assert len(calls) == 2 * layers and all(c == (1, ids.shape[1], 64) for c in calls), calls
     gathered: list[dict | None] = [None] * WORLD
     dist.all_gather_object(gathered, results)
     assert all(g == gathered[0] for g in gathered), gathered
