@@ -66,8 +66,9 @@ AREAS = {
     "test_causal_rows": "transformers' forward on ragged rows: each row equals a one-row runner on 7 "
     "families (trees, windows, padding never attended, keep_rows), LlamaRunner vs CausalRunner",
     "test_layering": "Package layers: no module imports a layer above its own",
-    "test_tensor_parallel": "Tensor-parallel target (transformers tp_plan, 2 gloo processes): chain / tree / "
-    "auto greedy == target.generate, seeded sampling equal on both ranks, clear errors",
+    "test_tensor_parallel": "Tensor-parallel target (transformers tp_plan, 2 gloo processes) on specdec's "
+    "runner and transformers': greedy == target.generate, seeded sampling equal on both ranks, 2 all-reduces "
+    "per layer, clear errors",
     "test_cli_tensor_parallel": "specdec generate --tensor-parallel under torchrun (2 gloo processes): "
     "rank 0 alone prints, the same completion as one process; no torchrun / --device-map: one-line errors",
     "test_kernels": "Tree attention kernels against the float64 reference (Triton interpreter on CPU)",
