@@ -5,6 +5,10 @@ batch size the prompts are run in consecutive batches of that size; tokens/s cou
 every row. Each specdec row is also checked against the target's own greedy output of that prompt alone.
 
     python benchmarks/bench_batch.py --prompts 16 --max-new-tokens 64
+    python benchmarks/bench_batch.py --widen 32512 --threads 1 --prompts 8 --batch-sizes 1,4   # bf16
+
+--widen N runs the weight-bound configuration of `bench_membound.py` instead: the embedded target's MLPs
+widened to N units (float32 logits unchanged; checked there), target and draft in bf16.
 """
 
 from __future__ import annotations
@@ -63,10 +67,19 @@ def main(argv=None) -> int:
         default="target,specdec-none,chain,chain-k4,tree,prompt-lookup,dynamic-tree,hybrid,auto",
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--widen", type=int, default=None, help="widen the target's MLPs to this size, bf16 (bench_membound)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     target, draft, tokenizer = load_embedded_pair()
+    dtype = torch.float32
+    if args.widen:
+        from bench_membound import widen_mlps  # this folder, beside this script
+
+        dtype = torch.bfloat16
+        target, draft = widen_mlps(target, args.widen).to(dtype), draft.to(dtype)
     texts = heldout_code_prompts(tokenizer, num_prompts=args.prompts, prompt_tokens=128)
     # different lengths: prompt i keeps 64 + 4 * i tokens (after <s>)
     prompts = [tokenizer(t, return_tensors="pt").input_ids[0] for t in texts]
@@ -97,7 +110,9 @@ def main(argv=None) -> int:
     methods = args.methods.split(",")
     print(
         f"# {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
-        f"{args.max_new_tokens} new tokens, greedy, float32, torch threads {torch.get_num_threads()}"
+        f"{args.max_new_tokens} new tokens, greedy, {str(dtype).removeprefix('torch.')}"
+        + (f" (target MLPs widened to {args.widen})" if args.widen else "")
+        + f", torch threads {torch.get_num_threads()}"
     )
     print("| batch | method | tokens/s | speedup vs target batched | tau | rows identical to target alone |")
     print("|---:|---|---:|---:|---:|---:|")
