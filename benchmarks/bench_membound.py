@@ -83,10 +83,27 @@ class WideningTooLarge(MemoryError):
     """The widened model would not fit in this machine's available memory."""
 
 
-def added_parameters(config, intermediate_size: int) -> int:
-    """Parameters widening every MLP to `intermediate_size` adds (gate, up and down of every layer)."""
-    extra = max(intermediate_size - config.intermediate_size, 0)
-    return config.num_hidden_layers * 3 * config.hidden_size * extra
+def added_parameters(config, intermediate_size: int, widths: tuple[int, int, int] | None = None) -> int:
+    """Parameters the widening adds: every MLP to `intermediate_size` (gate, up and down of every layer)
+    and, with widths = (hidden, heads, kv_heads), the residual stream and heads as `widen_hidden` does."""
+    hidden, heads, kv_heads = widths or (
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+    )
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def count(width: int, query: int, key_value: int, units: int) -> int:
+        attention = width * head_dim * (2 * query + 2 * key_value)  # q, o and k, v projections
+        mlp = 3 * width * units
+        norms = (2 * config.num_hidden_layers + 1) * width
+        head = (1 if config.tie_word_embeddings else 2) * config.vocab_size * width
+        return config.num_hidden_layers * (attention + mlp) + norms + head
+
+    before = count(
+        config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.intermediate_size
+    )
+    return max(count(hidden, heads, kv_heads, max(intermediate_size, config.intermediate_size)) - before, 0)
 
 
 def available_bytes() -> int | None:
@@ -100,11 +117,13 @@ def available_bytes() -> int | None:
     return None
 
 
-def check_fits(model: nn.Module, intermediate_size: int, margin: float = 1.5) -> int:
+def check_fits(
+    model: nn.Module, intermediate_size: int, margin: float = 1.5, widths: tuple[int, int, int] | None = None
+) -> int:
     """Bytes the widening needs (float32 widened model for the logits check plus its bf16 copy, times
     `margin`); raises WideningTooLarge before anything is allocated when they exceed MemAvailable."""
     base = sum(p.numel() for p in model.parameters())
-    extra = added_parameters(model.config, intermediate_size)
+    extra = added_parameters(model.config, intermediate_size, widths)
     needed = int((base + extra) * (4 + 2) * margin)
     free = available_bytes()
     if free is not None and needed > free:
@@ -142,6 +161,42 @@ def widen_mlps(model: nn.Module, intermediate_size: int, seed: int = 0) -> nn.Mo
             mlp.intermediate_size = intermediate_size
     model.config.intermediate_size = intermediate_size
     return model.eval()
+
+
+@torch.no_grad()
+def widen_hidden(model: nn.Module, hidden: int, heads: int, kv_heads: int) -> nn.Module:
+    """A copy of Llama `model` whose residual stream is `hidden` wide, with `heads` query and `kv_heads`
+    key/value heads of the same size, computing the same function: every old weight sits in the top-left
+    block of its wider matrix and every new entry is 0, so the new residual dimensions stay 0 and the new
+    heads (zero q, k, v; each maps to a new key/value head, as the query/key-value ratio is kept) add 0.
+    RMSNorm divides by the mean square over all `hidden` dimensions, so its epsilon is scaled by
+    old / hidden and its weights by sqrt(old / hidden), which gives the same normalisation in exact
+    arithmetic (float32 sums then differ by rounding: checked by `max_logit_difference`)."""
+    from transformers import LlamaForCausalLM
+
+    config = model.config
+    old, old_heads, old_kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or old // old_heads
+    if hidden < old or heads < old_heads or heads * old_kv != kv_heads * old_heads or heads % kv_heads:
+        raise ValueError(
+            f"widening {old} / {old_heads} / {old_kv} (hidden / heads / kv heads) to {hidden} / {heads} / "
+            f"{kv_heads} needs each at least as large and the same {old_heads // old_kv} query heads per "
+            "key/value head"
+        )
+    wide_config = config.__class__.from_dict(config.to_dict())
+    wide_config.hidden_size, wide_config.head_dim = hidden, head_dim
+    wide_config.num_attention_heads, wide_config.num_key_value_heads = heads, kv_heads
+    wide_config.rms_norm_eps = config.rms_norm_eps * old / hidden
+    wide = LlamaForCausalLM(wide_config).to(next(model.parameters()).dtype)
+    norm_scale = (old / hidden) ** 0.5
+    mine = dict(model.named_parameters())
+    for name, parameter in wide.named_parameters():
+        source = mine[name]
+        parameter.zero_()
+        block = tuple(slice(0, n) for n in source.shape)  # the old matrix's top-left block
+        scale = norm_scale if name.endswith("layernorm.weight") or name == "model.norm.weight" else 1.0
+        parameter[block] = source * scale
+    return wide.eval()
 
 
 @torch.no_grad()
@@ -258,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         default=32512,
         help="widened MLP size (default 32512: below 32768, where oneDNN leaves AMX for 2-32 rows)",
     )
+    parser.add_argument(
+        "--hidden",
+        default=None,
+        help="also widen the residual stream and the heads, HIDDEN,HEADS,KV_HEADS (e.g. 2048,30,10: "
+        "Llama-2-like projection shapes; the float32 logits then match to rounding, not exactly)",
+    )
     parser.add_argument("--num-prompts", type=int, default=8, help="held-out code prompts (0: none)")
     parser.add_argument("--prompt-tokens", type=int, default=128, help="code prompt length in tokens")
     parser.add_argument(
@@ -287,12 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     warn_slow_half_precision(torch.bfloat16, torch.device("cpu"))
     pair = specdec.load_embedded_pair(dtype=torch.float32)
     reference, draft, tokenizer = pair.target, pair.draft, pair.tokenizer
+    widths = tuple(int(v) for v in args.hidden.split(",")) if args.hidden else None
     try:
-        needed = check_fits(reference, args.intermediate_size)
+        needed = check_fits(reference, args.intermediate_size, widths=widths)
     except WideningTooLarge as exc:
         print(f"bench_membound: {exc}", file=sys.stderr)
         return 2
     wide = specdec.load_embedded_pair(dtype=torch.float32).target
+    if widths:
+        wide = widen_hidden(wide, *widths)
     widen_mlps(wide, args.intermediate_size)
     text = "def widen(model, size):\n    for layer in model.layers:\n"
     probe = tokenizer(text, return_tensors="pt").input_ids  # [1, L]
