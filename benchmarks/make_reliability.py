@@ -71,6 +71,8 @@ AREAS = {
     "per layer, clear errors",
     "test_cli_tensor_parallel": "specdec generate --tensor-parallel under torchrun (2 gloo processes): "
     "rank 0 alone prints, the same completion as one process; no torchrun / --device-map: one-line errors",
+    "test_membound_widening": "The weight-bound benchmark's widened targets (MLPs; residual stream and "
+    "heads) compute the same logits and greedy output; the memory check counts their parameters exactly",
     "test_kernels": "Tree attention kernels against the float64 reference (Triton interpreter on CPU)",
     "test_kernels_bench": "Attention benchmark methods compute the reference; projected step model; "
     "gpu_check.sh dry run",
