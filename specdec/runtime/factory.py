@@ -12,6 +12,11 @@ from specdec.runtime.runner import CausalRunner
 RUNTIMES = ("auto", "specdec", "compiled", "transformers")
 
 
+def runs_on_llama_runner(model: PreTrainedModel, runtime: str) -> bool:
+    """Whether `make_runner(model, runtime)` builds specdec's own runner (else transformers' forward)."""
+    return runtime != "transformers" and supports_llama_runner(model)
+
+
 def make_runner(
     model: PreTrainedModel, runtime: str = "auto", cuda_graphs: bool = False
 ) -> CausalRunner | LlamaRunner:
@@ -32,7 +37,7 @@ def make_runner(
             f'runtime="{runtime}" needs a Llama-layout model ({", ".join(SUPPORTED_MODEL_TYPES)}, no '
             f'sliding window); {type(model).__name__} is not one: use runtime="auto" or "transformers".'
         )
-    if runtime != "transformers" and supports_llama_runner(model):
+    if runs_on_llama_runner(model, runtime):
         return LlamaRunner(model, cuda_graphs=cuda_graphs, compiled=runtime == "compiled")
     if cuda_graphs:
         raise ValueError(
@@ -45,7 +50,7 @@ def make_runner(
 def tree_support(model: PreTrainedModel, runtime: str = "auto") -> str | None:
     """None when token trees verify exactly on the runner `make_runner(model, runtime)` builds, else a
     one-line reason (an attention implementation that takes no tree mask, an unknown layer type)."""
-    if runtime != "transformers" and supports_llama_runner(model):
+    if runs_on_llama_runner(model, runtime):
         return None
     plan = plan_masks(model)
     return None if isinstance(plan, MaskPlan) else plan
