@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import specdec
+from specdec.models.loading import tensor_parallel_kwargs
 from specdec.runtime.distributed import is_tensor_parallel
 from specdec.runtime.llama_runner import LlamaRunner
 from specdec.runtime.runner import CausalRunner
@@ -39,13 +40,7 @@ def _free_port() -> int:
 def _load_tensor_parallel(path: str):
     from transformers import AutoModelForCausalLM
 
-    try:
-        from transformers import DistributedConfig
-    except ImportError:  # older transformers: tp_plan= directly
-        return AutoModelForCausalLM.from_pretrained(path, tp_plan="auto").eval()
-    return AutoModelForCausalLM.from_pretrained(
-        path, distributed_config=DistributedConfig(tp_plan="auto")
-    ).eval()
+    return AutoModelForCausalLM.from_pretrained(path, **tensor_parallel_kwargs()).eval()
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
