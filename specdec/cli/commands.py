@@ -144,6 +144,20 @@ def load_models(args: argparse.Namespace):
     return target, draft, tokenizer
 
 
+def wrap_for_command(args: argparse.Namespace, target, draft, tokenizer):
+    """`specdec.wrap` with --strategy and --runtime, the draft passed only to a strategy that drafts with
+    a model (demo and generate)."""
+    import specdec
+
+    return specdec.wrap(
+        target,
+        draft if strategy_needs_draft(args.strategy) else None,
+        strategy=args.strategy,
+        runtime=args.runtime,
+        tokenizer=tokenizer,
+    )
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     if args.temperature < 0:
         raise CommandError(f"--temperature must be >= 0, got {args.temperature}")
@@ -161,21 +175,13 @@ def run_generate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    import specdec
-
     sampling = sampling_kwargs(args)
     target, draft, tokenizer = load_models(args)
     if strategy_needs_draft(args.strategy) and draft is None:
         raise CommandError(
             f"strategy {args.strategy} needs a draft model: pass --draft, or use --strategy prompt-lookup"
         )
-    spec = specdec.wrap(
-        target,
-        draft if strategy_needs_draft(args.strategy) else None,
-        strategy=args.strategy,
-        runtime=args.runtime,
-        tokenizer=tokenizer,
-    )
+    spec = wrap_for_command(args, target, draft, tokenizer)
     if args.chat:
         if not getattr(tokenizer, "chat_template", None):
             raise CommandError("--chat needs a tokenizer with a chat template; drop --chat")

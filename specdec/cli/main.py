@@ -8,7 +8,13 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from specdec.cli.commands import CommandError, add_bench_parser, add_debug_argument, add_generate_parser
+from specdec.cli.commands import (
+    CommandError,
+    add_bench_parser,
+    add_debug_argument,
+    add_generate_parser,
+    wrap_for_command,
+)
 from specdec.config import STRATEGIES
 from specdec.runtime.factory import RUNTIMES
 
@@ -58,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_demo(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    import specdec
     from specdec.cli.bench import baseline_methods, run_benchmark, summarize
-    from specdec.config import strategy_needs_draft
     from specdec.embedded.pair import heldout_code_prompts, load_embedded_pair
 
     if args.max_new_tokens < 1 or args.prompt_tokens < 1 or args.repeats < 1 or args.prompt_index < 0:
@@ -71,13 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
         tokenizer, num_prompts=args.prompt_index + 1, prompt_tokens=args.prompt_tokens
     )[args.prompt_index]
     ids = tokenizer(prompt, return_tensors="pt").input_ids  # [1, L]
-    spec = specdec.wrap(
-        target,
-        draft if strategy_needs_draft(args.strategy) else None,
-        strategy=args.strategy,
-        runtime=args.runtime,
-        tokenizer=tokenizer,
-    )
+    spec = wrap_for_command(args, target, draft, tokenizer)
     new = args.max_new_tokens
 
     sizes = (
