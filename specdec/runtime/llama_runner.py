@@ -23,6 +23,7 @@ from specdec.runtime.distributed import is_tensor_parallel, local_rows, shard_co
 from specdec.runtime.module_calls import ModuleCalls
 from specdec.runtime.runner import (
     OneRowMethods,
+    check_block,
     context_length,
     model_device,
     vocab_size,
@@ -196,15 +197,12 @@ class LlamaRunner(OneRowMethods):
         for the last r rows of the block.
         Returns [B, r, V] logits.
         """
+        check_block(self.batch_size, tokens, counts, positions, attention, logit_rows)
         batch, n = tokens.shape
-        if batch != self.batch_size or len(counts) != batch:
-            raise ValueError(f"the runner holds {self.batch_size} rows; got tokens for {batch}")
         starts = list(self.lengths)
         width = max(starts) + n
         if width > self._capacity:
             raise ValueError(f"the KV cache holds {self._capacity} positions; {width} were asked for")
-        if any(not 0 <= c <= n for c in counts):
-            raise ValueError(f"counts must be in [0, {n}], got {counts}")
         if self.static and (attention is None or attention.shape[-1] == n) and bucket(n) is not None:
             return self._extend_static(tokens, counts, positions, attention, logit_rows, starts)
         device = self.device

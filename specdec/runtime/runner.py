@@ -58,6 +58,38 @@ def check_extend(n: int, num_logits: int) -> None:
         raise ValueError(f"extend needs 1 <= num_logits <= len(tokens), got {num_logits} and {n}")
 
 
+def check_block(
+    batch_size: int,
+    tokens: torch.Tensor,
+    counts: list[int],
+    positions: torch.Tensor | None,
+    attention: torch.Tensor | None,
+    logit_rows: torch.Tensor | int,
+) -> None:
+    """The shared argument check of `extend_rows` (host-side shapes only) for a runner holding
+    `batch_size` rows: ValueError naming what is wrong."""
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be [B, n], got {tuple(tokens.shape)}")
+    batch, n = tokens.shape
+    if batch != batch_size or len(counts) != batch:
+        raise ValueError(
+            f"the runner holds {batch_size} rows; got tokens for {batch} and {len(counts)} counts"
+        )
+    if n == 0 or any(not 0 <= c <= n for c in counts):
+        raise ValueError(f"counts must be in [0, {n}] for a block of n >= 1 tokens, got {counts}")
+    if positions is not None and tuple(positions.shape) != (batch, n):
+        raise ValueError(f"positions must be [{batch}, {n}], got {tuple(positions.shape)}")
+    if attention is not None and (
+        attention.dim() != 3 or attention.shape[0] not in (1, batch) or attention.shape[1] != n
+    ):
+        raise ValueError(f"attention must be [{batch} or 1, {n}, n or W], got {tuple(attention.shape)}")
+    if isinstance(logit_rows, int):
+        if not 1 <= logit_rows <= n:
+            raise ValueError(f"logit_rows must be in [1, {n}], got {logit_rows}")
+    elif logit_rows.dim() != 2 or logit_rows.shape[0] != batch:
+        raise ValueError(f"logit_rows must be [{batch}, r] block indices, got {tuple(logit_rows.shape)}")
+
+
 class Runner(Protocol):
     """What the engine needs of a model: incremental forward passes over a KV cache it owns."""
 
@@ -231,26 +263,7 @@ class CausalRunner(OneRowMethods):
         None = causal. logit_rows: [B, r] block indices, or an int r for the last r rows of the block.
         Returns [B, r, V] logits. Afterwards lengths[b] += counts[b].
         """
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [B, n], got {tuple(tokens.shape)}")
-        batch, n = tokens.shape
-        if batch != self.batch_size or len(counts) != batch:
-            raise ValueError(
-                f"the runner holds {self.batch_size} rows; got tokens for {batch} and {len(counts)} counts"
-            )
-        if n == 0 or any(not 0 <= c <= n for c in counts):
-            raise ValueError(f"counts must be in [0, {n}] for a block of n >= 1 tokens, got {counts}")
-        if positions is not None and tuple(positions.shape) != (batch, n):
-            raise ValueError(f"positions must be [{batch}, {n}], got {tuple(positions.shape)}")
-        if attention is not None and (
-            attention.dim() != 3 or attention.shape[0] not in (1, batch) or attention.shape[1] != n
-        ):
-            raise ValueError(f"attention must be [{batch} or 1, {n}, n or W], got {tuple(attention.shape)}")
-        if isinstance(logit_rows, int):
-            if not 1 <= logit_rows <= n:
-                raise ValueError(f"logit_rows must be in [1, {n}], got {logit_rows}")
-        elif logit_rows.dim() != 2 or logit_rows.shape[0] != batch:
-            raise ValueError(f"logit_rows must be [{batch}, r] block indices, got {tuple(logit_rows.shape)}")
+        check_block(self.batch_size, tokens, counts, positions, attention, logit_rows)
         return self._pass(tokens, list(counts), positions, attention, logit_rows)
 
     def _pass(
