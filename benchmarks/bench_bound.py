@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     plain = specdec.wrap(target, strategy="none", tokenizer=tokenizer)
     n_new = args.max_new_tokens
     methods = {
-        "target": lambda ids: target.generate(ids, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new),
-        "auto": lambda ids: auto.generate(ids, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new),
+        "target": lambda ids: target.generate(ids, max_new_tokens=n_new, do_sample=False),
+        "auto": lambda ids: auto.generate(ids, max_new_tokens=n_new, do_sample=False),
         "prompt-lookup": lambda ids: lookup.generate(
-            ids, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new
+            ids, max_new_tokens=n_new, do_sample=False
         ),
-        "none": lambda ids: plain.generate(ids, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new),
+        "none": lambda ids: plain.generate(ids, max_new_tokens=n_new, do_sample=False),
     }
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
