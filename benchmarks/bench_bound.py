@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
@@ -64,6 +65,71 @@ def timed(run) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out
 
 
+def prefill_seconds(runner, ids: torch.Tensor, repeats: int = 3) -> float:
+    """Median time of the target runner's pass over the prompt alone (the least any method pays)."""
+    times = []
+    for _ in range(repeats):
+        runner.reset(1)
+        start = time.perf_counter()
+        runner.extend_rows(ids, [ids.shape[1]], None, None, 1)
+        times.append(time.perf_counter() - start)
+    runner.reset(1)
+    return statistics.median(times)
+
+
+@dataclass
+class Case:
+    """One prompt: the target's output, the draft's ranks and the copies along it, the prefill time."""
+
+    reference: list[int]
+    ranks: list[int]
+    copies: list[list[int]]
+    prefill: float
+
+
+def measure_set(methods: dict, draft, runner, tokenizer, texts: list[str], depth: int):
+    """Time every method on every prompt (order reversed on odd prompts); per method the total seconds
+    and the outputs identical to the target's, and the cases the bound is computed from."""
+    totals: Counter = Counter()
+    identical: Counter = Counter()
+    cases = []
+    for index, text in enumerate(texts):
+        ids = tokenizer(text, return_tensors="pt").input_ids  # [1, P]
+        outputs = {}
+        for name in list(methods) if index % 2 == 0 else list(reversed(methods)):
+            seconds, out = timed(lambda method=methods[name], ids=ids: method(ids))
+            totals[name] += seconds
+            outputs[name] = out[0, ids.shape[1] :].tolist()
+        reference = outputs["target"]
+        identical.update(name for name in methods if outputs[name] == reference)
+        copies = copies_along(ids, reference, depth, 3, 1)
+        cases.append(
+            Case(reference, draft_ranks(draft, ids, reference), copies, prefill_seconds(runner, ids))
+        )
+    return totals, identical, cases
+
+
+def step_kind(shape) -> str:
+    if shape.nodes == 0:
+        return "copy" if shape.copy else "plain"
+    return "model+copy" if shape.copy else "model"
+
+
+def bound_seconds(cases: list[Case], shapes, profile) -> tuple[float, Counter]:
+    """Total seconds of the fastest schedules over all cases, and how many steps of each kind they take.
+    The first step's verification rides on the prompt's pass (counted in `prefill`)."""
+    total, kinds = 0.0, Counter()
+    for case in cases:
+        seconds, steps = fastest_schedule(
+            accepted_lengths(shapes, case.ranks, case.copies, case.reference),
+            [s.cost(profile) for s in shapes],
+            [s.draft_cost(profile) for s in shapes],
+        )
+        total += case.prefill + seconds
+        kinds.update(step_kind(shapes[step]) for step in steps)
+    return total, kinds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -75,23 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype]
-    target, draft, tokenizer = specdec.load_embedded_pair(dtype)
-    auto = specdec.wrap(target, draft, strategy="auto", tokenizer=tokenizer)
-    lookup = specdec.wrap(target, strategy="prompt-lookup", tokenizer=tokenizer)
-    plain = specdec.wrap(target, strategy="none", tokenizer=tokenizer)
-    n_new = args.max_new_tokens
-    methods = {
-        "target": lambda ids: target.generate(ids, max_new_tokens=n_new, do_sample=False),
-        "auto": lambda ids: auto.generate(ids, max_new_tokens=n_new, do_sample=False),
-        "prompt-lookup": lambda ids: lookup.generate(
-            ids, max_new_tokens=n_new, do_sample=False
-        ),
-        "none": lambda ids: plain.generate(ids, max_new_tokens=n_new, do_sample=False),
+    target, draft, tokenizer = specdec.load_embedded_pair(DTYPES[args.dtype])
+    specs = {
+        "auto": specdec.wrap(target, draft, strategy="auto", tokenizer=tokenizer),
+        "prompt-lookup": specdec.wrap(target, strategy="prompt-lookup", tokenizer=tokenizer),
+        "none": specdec.wrap(target, strategy="none", tokenizer=tokenizer),
     }
+    greedy = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
+    methods = {"target": lambda ids: target.generate(ids, **greedy)}
+    methods.update(
+        {name: lambda ids, spec=spec: spec.generate(ids, **greedy) for name, spec in specs.items()}
+    )
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; embedded pair in {args.dtype}; {n_new} new tokens, greedy"
+        f"torch {torch.__version__}; embedded pair in {args.dtype}; {args.max_new_tokens} new tokens, greedy"
     )
     sets = []
     if args.num_prompts:
@@ -101,63 +164,38 @@ def main(argv: list[str] | None = None) -> int:
     warm = tokenizer("def main():\n    return", return_tensors="pt").input_ids
     for method in methods.values():
         method(warm)
+    auto = specs["auto"]
     profile = auto.cost_profile
-    max_depth = auto.config.max_draft_tokens
+    depth = auto.config.max_draft_tokens
     for set_name, texts in sets:
         start_load = load_avg()
-        totals: Counter = Counter()
-        identical = Counter()
-        ranks_all: list[int] = []
-        cases = []
-        for index, text in enumerate(texts):
-            ids = tokenizer(text, return_tensors="pt").input_ids  # [1, P]
-            order = list(methods) if index % 2 == 0 else list(reversed(methods))
-            outputs = {}
-            for name in order:
-                seconds, out = timed(lambda name=name: methods[name](ids))
-                totals[name] += seconds
-                outputs[name] = out[0, ids.shape[1] :].tolist()
-            reference = outputs["target"]
-            for name in methods:
-                identical[name] += outputs[name] == reference
-            ranks = draft_ranks(draft, ids, reference)
-            ranks_all += ranks
-            copies = copies_along(ids, reference, max_depth, 3, 1)
-            runner = auto._target_runner
-            prefill = []
-            for _ in range(3):
-                runner.reset(1)
-                prefill.append(timed(lambda: runner.extend_rows(ids, [ids.shape[1]], None, None, 1))[0])
-            runner.reset(1)
-            cases.append((reference, ranks, copies, statistics.median(prefill)))
-        # one rank model for the whole set (auto's best-first trees follow it)
-        p = rank_acceptance(ranks_all)
-        family = shape_family(p, AutoShapeController.SIZES[1:], max_depth, max_depth)
+        totals, identical, cases = measure_set(methods, draft, auto._target_runner, tokenizer, texts, depth)
+        p = rank_acceptance([rank for case in cases for rank in case.ranks])  # auto's trees follow it
+        family = shape_family(p, AutoShapeController.SIZES[1:], depth, depth)
         families = {
             "copies only (prompt lookup's shapes)": [s for s in family if s.nodes == 0],
             "draft chains only": [s for s in family if s.copy == 0 and s.depth == s.nodes],
             "auto's shapes (rank trees and chains, each with a copy of 0-8)": family,
         }
-        bound_seconds: Counter = Counter()
-        kinds: dict[str, Counter] = {name: Counter() for name in families}
-        for reference, ranks, copies, prefill in cases:
-            for name, shapes in families.items():
-                accepted = accepted_lengths(shapes, ranks, copies, reference)[1:]  # token 0: the prefill's
-                seconds, steps = fastest_schedule(accepted, [s.cost(profile) for s in shapes])
-                bound_seconds[name] += prefill + seconds
-                for step in steps:
-                    shape = shapes[step]
-                    kind = "copy" if shape.nodes == 0 and shape.copy else ("plain" if shape.nodes == 0 else "")
-                    kinds[name][kind or ("model+copy" if shape.copy else "model")] += 1
         base = totals["target"]
         print(f"\n{set_name}: {len(cases)} prompts, load {start_load} -> {load_avg()}")
-        print("| method | seconds | speedup over target generate() | identical |")
-        print("|---|---:|---:|---:|")
+        print("| method | seconds | speedup over target generate() | identical / schedule |")
+        print("|---|---:|---:|---|")
         for name in methods:
-            print(f"| {name} (measured) | {totals[name]:.2f} | {base / totals[name]:.2f}x | {identical[name]}/{len(cases)} |")
-        for name in families:
-            steps = ", ".join(f"{k} {v}" for k, v in kinds[name].most_common())
-            print(f"| bound: {name} | {bound_seconds[name]:.2f} | {base / bound_seconds[name]:.2f}x | steps: {steps} |")
+            seconds = totals[name]
+            print(
+                f"| {name} (measured) | {seconds:.2f} | {base / seconds:.2f}x "
+                f"| {identical[name]}/{len(cases)} identical |"
+            )
+        for name, shapes in families.items():
+            seconds, kinds = bound_seconds(cases, shapes, profile)
+            steps = ", ".join(f"{k} {v}" for k, v in kinds.most_common())
+            print(f"| bound: {name} | {seconds:.2f} | {base / seconds:.2f}x | steps: {steps} |")
+        plain = sum(case.prefill + (len(case.reference) - 1) * profile.verify(1) for case in cases)
+        print(
+            f"cost-model check: plain decoding predicted {plain:.2f} s, "
+            f"measured ('none') {totals['none']:.2f} s"
+        )
         verify = ", ".join(f"{n}: {1000 * s:.2f}" for n, s in sorted(profile.verify_seconds.items()))
         print(
             f"cost profile (ms): verify {{{verify}}}; draft step {1000 * profile.draft_step_seconds:.2f} "

@@ -36,7 +36,11 @@ class Shape:
     def cost(self, costs: CostProfile) -> float:
         """Draft passes for the model nodes plus verifying the merged tree and the pending token. The
         merged tree has at least max(nodes, copy) nodes (they share at most the shorter branch)."""
-        return costs.draft(self.depth, self.nodes) + costs.verify(max(self.nodes, self.copy) + 1)
+        return self.draft_cost(costs) + costs.verify(max(self.nodes, self.copy) + 1)
+
+    def draft_cost(self, costs: CostProfile) -> float:
+        """The draft passes alone."""
+        return costs.draft(self.depth, self.nodes)
 
 
 def rank_paths(tree: Tree) -> frozenset[tuple[int, ...]]:
@@ -113,9 +117,13 @@ def accepted_lengths(
     return table
 
 
-def fastest_schedule(accepted: Sequence[Sequence[int]], costs: Sequence[float]) -> tuple[float, list[int]]:
+def fastest_schedule(
+    accepted: Sequence[Sequence[int]], costs: Sequence[float], first_costs: Sequence[float] | None = None
+) -> tuple[float, list[int]]:
     """(seconds, shape index per step) of the fastest way to commit all positions: a step at position s
-    with shape i costs costs[i] and commits accepted[s][i] + 1 tokens (the target adds one)."""
+    with shape i costs costs[i] and commits accepted[s][i] + 1 tokens (the target adds one).
+    first_costs: the first step's cost per shape instead (e.g. its draft alone, when its verification
+    rides on the prompt's pass, which is counted apart)."""
     if not costs:
         raise ValueError("fastest_schedule needs at least one shape")
     n = len(accepted)
@@ -123,7 +131,8 @@ def fastest_schedule(accepted: Sequence[Sequence[int]], costs: Sequence[float]) 
     choice = [0] * n
     for start in range(n - 1, -1, -1):
         best[start] = math.inf
-        for index, (tokens, cost) in enumerate(zip(accepted[start], costs, strict=True)):
+        step_costs = first_costs if start == 0 and first_costs is not None else costs
+        for index, (tokens, cost) in enumerate(zip(accepted[start], step_costs, strict=True)):
             total = cost + best[min(n, start + tokens + 1)]
             if total < best[start]:
                 best[start], choice[start] = total, index
