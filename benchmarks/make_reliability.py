@@ -34,6 +34,8 @@ AREAS = {
     "test_planner_regimes": "Planners under synthetic cost profiles: trees where verification is flat in "
     "node count, chains where it is linear",
     "test_shaping": "Run-time tree planning: optimality by brute force, cost model, controller",
+    "test_bound": "Clairvoyant schedule bound: hindsight acceptance equals a real run's per depth, the "
+    "dynamic program equals brute force",
     "test_families": "Exact on every family: GPT-2, OPT, GPT-NeoX, Qwen2/3, Mistral, Phi-3, Gemma 1-3, Llama "
     "variants x eager/SDPA x every strategy (greedy identity, trees verified, windows), tree chi-square",
     "test_interfaces": "Engine interfaces: every drafter is a Drafter, every planner a Planner (Protocols)",
