@@ -30,7 +30,13 @@ import torch
 import specdec
 from specdec.drafters.prompt_lookup import find_continuations
 from specdec.embedded.pair import heldout_code_prompts
-from specdec.planning.bound import accepted_lengths, fastest_schedule, rank_acceptance, shape_family
+from specdec.planning.bound import (
+    accepted_lengths,
+    best_class_policy,
+    fastest_schedule,
+    rank_acceptance,
+    shape_family,
+)
 from specdec.planning.trees import AutoShapeController
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,14 +55,22 @@ def draft_ranks(draft, ids: torch.Tensor, reference: list[int]) -> list[int]:
 
 
 def copies_along(ids: torch.Tensor, reference: list[int], depth: int, max_ngram: int, min_ngram: int):
-    """The n-gram copy (auto's single candidate) offered at each position of the reference."""
+    """Per position of the reference: the n-gram copy auto would offer (its single candidate) and the
+    length of the n-gram it follows (0: none matched)."""
     sequence = torch.cat([ids[0], torch.tensor(reference, dtype=ids.dtype)])  # [P + N]
     prompt = ids.shape[1]
-    copies = []
+    copies, ngrams = [], []
     for start in range(len(reference)):
-        found = find_continuations(sequence[: prompt + start], depth, max_ngram, min_ngram, 1)
-        copies.append(found[0].tolist() if found else [])
-    return copies
+        history = sequence[: prompt + start]
+        copy, ngram = [], 0
+        for n in range(max_ngram, min_ngram - 1, -1):
+            found = find_continuations(history, depth, n, n, 1)
+            if found:
+                copy, ngram = found[0].tolist(), n
+                break
+        copies.append(copy)
+        ngrams.append(ngram)
+    return copies, ngrams
 
 
 def timed(run) -> tuple[float, torch.Tensor]:
@@ -84,6 +98,7 @@ class Case:
     reference: list[int]
     ranks: list[int]
     copies: list[list[int]]
+    ngrams: list[int]  # the length of the n-gram each position's copy follows (0: none)
     prefill: float
 
 
@@ -102,10 +117,9 @@ def measure_set(methods: dict, draft, runner, tokenizer, texts: list[str], depth
             outputs[name] = out[0, ids.shape[1] :].tolist()
         reference = outputs["target"]
         identical.update(name for name in methods if outputs[name] == reference)
-        copies = copies_along(ids, reference, depth, 3, 1)
-        cases.append(
-            Case(reference, draft_ranks(draft, ids, reference), copies, prefill_seconds(runner, ids))
-        )
+        copies, ngrams = copies_along(ids, reference, depth, 3, 1)
+        ranks = draft_ranks(draft, ids, reference)
+        cases.append(Case(reference, ranks, copies, ngrams, prefill_seconds(runner, ids)))
     return totals, identical, cases
 
 
@@ -128,6 +142,16 @@ def bound_seconds(cases: list[Case], shapes, profile) -> tuple[float, Counter]:
         total += case.prefill + seconds
         kinds.update(step_kind(shapes[step]) for step in steps)
     return total, kinds
+
+
+def rule_seconds(cases: list[Case], shapes, profile) -> tuple[float, list[str]]:
+    """The best rule "shape per length of the n-gram matched at the step's start" fitted in hindsight
+    (`best_class_policy`): total seconds, prefills included, and the shape it gives each length."""
+    tables = [(accepted_lengths(shapes, c.ranks, c.copies, c.reference), c.ngrams) for c in cases]
+    policy, seconds = best_class_policy(
+        tables, [s.cost(profile) for s in shapes], 4, [s.draft_cost(profile) for s in shapes]
+    )
+    return seconds + sum(c.prefill for c in cases), [shapes[i].name for i in policy]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             seconds, kinds = bound_seconds(cases, shapes, profile)
             steps = ", ".join(f"{k} {v}" for k, v in kinds.most_common())
             print(f"| bound: {name} | {seconds:.2f} | {base / seconds:.2f}x | steps: {steps} |")
+        seconds, rule = rule_seconds(cases, family, profile)
+        rule_text = ", ".join(f"n={n}: {name}" for n, name in enumerate(rule))
+        print(
+            f"| rule per matched n-gram length, fitted in hindsight | {seconds:.2f} "
+            f"| {base / seconds:.2f}x | {rule_text} |"
+        )
         plain = sum(case.prefill + (len(case.reference) - 1) * profile.verify(1) for case in cases)
         print(
             f"cost-model check: plain decoding predicted {plain:.2f} s, "

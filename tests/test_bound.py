@@ -17,8 +17,10 @@ from specdec.planning.bound import (
     accepted_by_copy,
     accepted_by_tree,
     accepted_lengths,
+    best_class_policy,
     fastest_schedule,
     model_shape,
+    policy_seconds,
     rank_acceptance,
     rank_paths,
     shape_family,
@@ -152,3 +154,35 @@ def test_reconstructed_acceptance_matches_a_real_generation(tree_spec):
     assert 0.3 < sum(r == 0 for r in ranks) / len(ranks) < 0.9  # the draft is right sometimes, not always
     # per depth: steps that drafted it, steps that accepted it
     assert (accepted_at, drafted_at) == (reconstructed_accepted, reconstructed_drafted)
+
+
+def test_class_policy_is_simulated_and_fitted():
+    """policy_seconds follows the rule step by step; best_class_policy finds the best shape per class
+    (checked against every policy), never beats the clairvoyant schedule and never loses to the best
+    single shape."""
+    rng = random.Random(7)
+    cases = []
+    for _ in range(3):
+        n = 12
+        classes = [rng.randint(0, 1) for _ in range(n)]
+        # class 1 positions reward the long shape, class 0 positions do not
+        accepted = [[0, 3 if c else 0, rng.randint(0, 1)] for c in classes]
+        cases.append((accepted, classes))
+    costs = [1.0, 1.6, 1.2]
+    accepted, classes = cases[0]
+    position, expected = 0, 0.0
+    while position < len(accepted):
+        shape = [2, 1][classes[position]]
+        expected += costs[shape]
+        position += accepted[position][shape] + 1
+    assert policy_seconds(accepted, costs, classes, [2, 1]) == pytest.approx(expected)
+    policy, seconds = best_class_policy(cases, costs, 2)
+    every = {
+        p: sum(policy_seconds(a, costs, c, list(p)) for a, c in cases)
+        for p in itertools.product(range(3), repeat=2)
+    }
+    assert seconds == pytest.approx(min(every.values()))
+    assert policy[1] == 1  # the long shape where it is accepted
+    assert seconds <= min(every[(s, s)] for s in range(3))
+    clairvoyant = sum(fastest_schedule(a, costs)[0] for a, _ in cases)
+    assert clairvoyant <= seconds + 1e-12

@@ -150,3 +150,51 @@ def rank_acceptance(ranks: Sequence[int], max_rank: int = 8) -> list[float]:
         at_least = sum(1 for rank in ranks if rank >= r)
         p.append(sum(1 for rank in ranks if rank == r) / at_least if at_least else 0.0)
     return p
+
+
+def policy_seconds(
+    accepted: Sequence[Sequence[int]],
+    costs: Sequence[float],
+    classes: Sequence[int],
+    policy: Sequence[int],
+    first_costs: Sequence[float] | None = None,
+) -> float:
+    """Seconds to commit all positions when every step at position s takes shape policy[classes[s]]
+    (a rule that sees only the class of the step's start, e.g. the length of the n-gram matched there)."""
+    position, seconds = 0, 0.0
+    while position < len(accepted):
+        shape = policy[classes[position]]
+        seconds += (first_costs if position == 0 and first_costs is not None else costs)[shape]
+        position += accepted[position][shape] + 1
+    return seconds
+
+
+def best_class_policy(
+    cases: Sequence[tuple[Sequence[Sequence[int]], Sequence[int]]],
+    costs: Sequence[float],
+    num_classes: int,
+    first_costs: Sequence[float] | None = None,
+    rounds: int = 4,
+) -> tuple[list[int], float]:
+    """A shape per class, fitted in hindsight over all cases (accepted table, class per position) by
+    coordinate descent from the best single shape: (policy, total seconds). A rule of this form can be
+    learned online, so its time is a realistic target for a planner that sees those classes, where
+    `fastest_schedule`'s is not (it knows every step's outcome)."""
+
+    def total(policy: list[int]) -> float:
+        return sum(policy_seconds(a, costs, c, policy, first_costs) for a, c in cases)
+
+    single = min(range(len(costs)), key=lambda shape: total([shape] * num_classes))
+    policy = [single] * num_classes
+    best = total(policy)
+    for _ in range(rounds):
+        improved = False
+        for cls in range(num_classes):
+            for shape in range(len(costs)):
+                trial = policy[:cls] + [shape] + policy[cls + 1 :]
+                seconds = total(trial)
+                if seconds < best - 1e-12:
+                    policy, best, improved = trial, seconds, True
+        if not improved:
+            break
+    return policy, best
