@@ -265,15 +265,20 @@ def chat_prompts(count: int) -> list[tuple[str, str]]:
 
 
 def run_alternating(
-    methods: dict, prompts: list[torch.Tensor], repeats: int, steps: dict[str, dict[str, float]]
+    methods: dict,
+    prompts: list[torch.Tensor],
+    repeats: int,
+    steps: dict[str, dict[str, float]],
+    outputs: dict[tuple[str, int], torch.Tensor] | None = None,
 ) -> list[RunResult]:
     """Every method on every prompt, the order reversed on odd prompts; warm-up on a short prompt excluded.
-    Outputs compared with the "target" method's. `steps[method]` collects specdec's per-pass totals
-    (passes, tree passes, drafted nodes, draft / verify / total seconds) of the timed runs."""
+    Outputs compared with the "target" method's (and kept in `outputs[(method, prompt)]` when given).
+    `steps[method]` collects specdec's per-pass totals (passes, tree passes, drafted nodes, draft /
+    verify / total seconds) of the timed runs."""
     for method in methods.values():
         method(prompts[0][:, :16])
     results: list[RunResult] = []
-    outputs: dict[tuple[str, int], torch.Tensor] = {}
+    outputs = {} if outputs is None else outputs
     names = list(methods)
     for p_index, ids in enumerate(prompts):
         order = names if p_index % 2 == 0 else names[::-1]
@@ -303,6 +308,53 @@ def run_alternating(
             reference = outputs[("target", result.prompt)]
             result.identical_to_target = bool(torch.equal(outputs[(result.method, result.prompt)], reference))
     return results
+
+
+@torch.inference_mode()
+def divergences(
+    model, prompts: list[torch.Tensor], outputs: dict[tuple[str, int], torch.Tensor]
+) -> list[dict]:
+    """Every output that differs from the target's: where it first differs (new-token index), the two
+    tokens, and the target's own logit gap between them there (one forward of `model` over the prompt
+    and the common prefix): a gap of a few bf16 rounding steps is a near-tie that matmul shapes decide."""
+    found = []
+    for (name, index), out in sorted(outputs.items()):
+        reference = outputs[("target", index)]
+        if name == "target" or torch.equal(out, reference):
+            continue
+        width = min(out.shape[1], reference.shape[1])
+        differ = (out[0, :width] != reference[0, :width]).nonzero()
+        at = int(differ[0]) if differ.numel() else width  # one may only be longer (an EOS)
+        if at >= width:
+            found.append({"method": name, "prompt": index, "position": at - prompts[index].shape[1]})
+            continue
+        logits = model(reference[:, :at]).logits[0, -1].float()  # [V]
+        mine, theirs = int(out[0, at]), int(reference[0, at])
+        found.append(
+            {
+                "method": name,
+                "prompt": index,
+                "position": at - prompts[index].shape[1],
+                "target_token": theirs,
+                "method_token": mine,
+                "gap": float(logits[theirs] - logits[mine]),
+                "top_logit": float(logits.max()),
+            }
+        )
+    return found
+
+
+def divergence_table(found: list[dict]) -> str:
+    lines = [
+        "| method | prompt | first differing new token | target's logit gap (its token - the other) "
+        "| largest logit |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for d in found:
+        gap = f"{d['gap']:.4f}" if "gap" in d else "(one output ends first)"
+        top = f"{d['top_logit']:.2f}" if "top_logit" in d else ""
+        lines.append(f"| {d['method']} | {d['prompt']} | {d['position']} | {gap} | {top} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         start_load = load_avg()
         start = time.perf_counter()
         steps: dict[str, dict[str, float]] = {}
-        results = run_alternating(methods, prompts, args.repeats, steps)
+        outputs: dict[tuple[str, int], torch.Tensor] = {}
+        results = run_alternating(methods, prompts, args.repeats, steps, outputs)
         rows = summarize_results(results)
         print(
             f"\n{set_name}: {len(prompts)} prompts ({', '.join(str(p.shape[1]) for p in prompts)} tokens), "
@@ -425,7 +478,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"{1000 * profile.draft_step_seconds:.2f} level {1000 * profile.draft_level_seconds:.2f}"
                     f" node {1000 * profile.draft_node_seconds:.2f}"
                 )
-        report["sets"][set_name] = {"summary": rows, "steps": steps, "runs": [vars(r) for r in results]}
+        found = divergences(wide, prompts, outputs) if "target" in methods else []
+        if found:
+            print(
+                "\nOutputs that differ from the target's generate(), and the target's logits where they part:"
+            )
+            print(divergence_table(found))
+        report["sets"][set_name] = {
+            "summary": rows,
+            "steps": steps,
+            "runs": [vars(r) for r in results],
+            "divergences": found,
+        }
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

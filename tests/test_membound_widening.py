@@ -52,3 +52,24 @@ def test_widening_must_keep_the_heads_per_key_value_head():
     bench = _bench_membound()
     with pytest.raises(ValueError, match="the same 2 query heads per key/value head"):
         bench.widen_hidden(tiny_llama(hidden=64, heads=4, kv_heads=2), 128, 8, 2)
+
+
+@torch.no_grad()
+def test_divergences_name_where_outputs_part_and_the_targets_gap_there():
+    """bench_membound's divergence report: the first differing new token and the target's own logit
+    gap between its token and the other method's there; identical outputs are not reported."""
+    bench = _bench_membound()
+    model = tiny_llama(seed=3, eos=None)
+    ids = prompt(6, seed=4)  # [1, 6]
+    reference = model.generate(ids, max_new_tokens=8, do_sample=False)  # [1, 14]
+    other = reference.clone()
+    logits = model(reference[:, :9]).logits[0, -1]  # after the prompt and 3 new tokens
+    runner_up = int(logits.topk(2).indices[1])
+    other[0, 9] = runner_up
+    outputs = {("target", 0): reference, ("same", 0): reference.clone(), ("other", 0): other}
+    (found,) = bench.divergences(model, [ids], outputs)
+    assert (found["method"], found["prompt"], found["position"]) == ("other", 0, 3)
+    assert found["target_token"] == int(reference[0, 9]) and found["method_token"] == runner_up
+    assert found["gap"] == pytest.approx(float(logits.max() - logits[runner_up]), abs=1e-5)
+    assert found["gap"] > 0
+    assert "| other | 0 | 3 |" in bench.divergence_table([found])
