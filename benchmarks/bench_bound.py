@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,7 +50,7 @@ from specdec.planning.chain import DraftLengthController
 from specdec.planning.trees import AutoShapeController
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_membound import chat_prompts, load_avg  # noqa: E402
+from bench_membound import chat_prompts, cpu_name, load_avg  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         {name: lambda ids, spec=spec: spec.generate(ids, **greedy) for name, spec in specs.items()}
     )
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; embedded pair in {args.dtype}; {args.max_new_tokens} new tokens, greedy"
     )
     sets = []
