@@ -14,3 +14,4 @@ python benchmarks/bench_strategies.py --temperature 0.7 --baselines target,specd
     --out results/strategies-t0.7 | tee results/strategies-t0.7.txt
 python benchmarks/bench_precision.py --prompts 8 | tee results/precision.txt
 python benchmarks/bench_steps.py | tee results/steps.txt
+python benchmarks/bench_bound.py | tee results/bound.txt
