@@ -128,6 +128,28 @@ def test_a_user_processor_of_a_built_type_replaces_it():
     assert torch.equal(wrap("tree").generate(ids, **kwargs), expected)
 
 
+class _WantsMore:
+    """A user processor that needs an argument generate() does not pass."""
+
+    def __call__(self, input_ids, scores, step_weight):
+        return scores * step_weight
+
+
+def test_processors_are_called_as_transformers_calls_them():
+    """Two-argument processors run directly (one call each, per tree node); one that wants more
+    arguments fails as in transformers' generate(), with its ValueError."""
+    ids = prompt(12, 11)
+    kwargs = dict(max_new_tokens=12, repetition_penalty=1.3, min_new_tokens=12)
+    expected = target_generate(ids, **kwargs)
+    assert torch.equal(wrap("tree").generate(ids, **kwargs), expected)
+    user = LogitsProcessorList([_WantsMore()])
+    with pytest.raises(ValueError, match="required parameters") as theirs:
+        target_generate(ids, max_new_tokens=4, logits_processor=user)
+    with pytest.raises(ValueError, match="required parameters") as ours:
+        wrap("tree").generate(ids, max_new_tokens=4, logits_processor=user)
+    assert str(ours.value) == str(theirs.value)
+
+
 def test_a_user_max_length_criterion_replaces_max_new_tokens():
     """transformers: the user's MaxLengthCriteria replaces the one built from max_new_tokens, so a
     longer user limit wins (10 new tokens, not 3)."""

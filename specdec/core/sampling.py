@@ -9,6 +9,7 @@ compared in float32.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -119,6 +120,10 @@ class LogitsPipeline:
             if config.typical_p is not None and config.typical_p < 1.0:
                 processors.append(TypicalLogitsWarper(mass=config.typical_p))
         self.processors = processors
+        # LogitsProcessorList inspects every processor's signature on every call; a tree step calls
+        # it once per node. Processors that take only (input_ids, scores) are called directly (the
+        # same calls); one that wants more goes through the list, which raises its own error.
+        self._direct = all(_takes_two_arguments(p) for p in processors)
 
     def scores(self, context: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Processed scores of one position.
@@ -130,7 +135,11 @@ class LogitsPipeline:
         if self.processors:
             if self.prefix is not None:
                 context = torch.cat([self.prefix.to(context.device), context], dim=1)  # [1, P + n]
-            scores = self.processors(context, scores)
+            if self._direct:
+                for processor in self.processors:
+                    scores = processor(context, scores)
+            else:
+                scores = self.processors(context, scores)
         return scores
 
     def scores_tree(
@@ -148,6 +157,14 @@ class LogitsPipeline:
             path = tokens[tree.path_to(node)].view(1, -1).to(context.device)
             rows.append(self.scores(torch.cat([context, path], dim=1), logits[node + 1 : node + 2]))
         return torch.cat(rows, dim=0)
+
+
+def _takes_two_arguments(processor) -> bool:
+    """Whether `processor(input_ids, scores)` is how LogitsProcessorList would call it."""
+    try:
+        return len(inspect.signature(processor.__call__).parameters) <= 2
+    except (TypeError, ValueError):  # no signature to read: let the list decide
+        return False
 
 
 def probabilities(scores: torch.Tensor) -> torch.Tensor:
