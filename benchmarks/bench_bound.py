@@ -142,7 +142,6 @@ class ModeledClock:
     def __init__(self, profile) -> None:
         self.profile = profile
         self.seconds = 0.0
-        self.steps = 0
         self.model_drafts = True  # False: the drafter runs no model (its draft costs nothing)
         self._first = True
 
@@ -159,7 +158,6 @@ class ModeledClock:
         if not self._first:
             self.seconds += self.profile.verify(len(tree) + 1)
         self._first = False
-        self.steps += 1
 
     def wrap(self, planner_class) -> type:
         clock = self
